@@ -1,0 +1,152 @@
+"""The NumPy backend object: one method per algorithm, delegating to its module."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gpucal.backends.protocol import (
+    DQInitResult,
+    FlatResult,
+    InlTable,
+    JumpParams,
+    LinearityResult,
+    RampFitParams,
+    RampFitResult,
+    RefpixResult,
+    SaturationResult,
+)
+from gpucal.readpattern import ReadTiming
+
+__all__ = ["CpuBackend"]
+
+RAMP_FIT_ALGORITHMS = ("ols_cas22", "likely")
+
+
+class CpuBackend:
+    """NumPy implementation of :class:`gpucal.backends.protocol.Backend`."""
+
+    name = "cpu"
+
+    def dq_init(
+        self,
+        data: np.ndarray,
+        reference_read: np.ndarray | None,
+        encoding_offset: int,
+        mask_dq: np.ndarray | None,
+        guide_window: tuple[int, int, int, int] | None,
+        expand_gw_flagging: int,
+    ) -> DQInitResult:
+        from cpu_fallback.dq_init import dq_init
+
+        return dq_init(data, reference_read, encoding_offset, mask_dq, guide_window, expand_gw_flagging)
+
+    def saturation(
+        self,
+        data: np.ndarray,
+        groupdq: np.ndarray,
+        pixeldq: np.ndarray,
+        threshold: np.ndarray,
+        threshold_dq: np.ndarray,
+        timing: ReadTiming,
+        n_pix_grow_sat: int,
+        backup: int,
+    ) -> SaturationResult:
+        from cpu_fallback.saturation import saturation
+
+        return saturation(data, groupdq, pixeldq, threshold, threshold_dq, timing, n_pix_grow_sat, backup)
+
+    def refpix(
+        self,
+        data: np.ndarray,
+        amp33: np.ndarray,
+        pixeldq: np.ndarray,
+        gamma: np.ndarray,
+        zeta: np.ndarray,
+        alpha: np.ndarray,
+    ) -> RefpixResult:
+        from cpu_fallback.refpix import refpix
+
+        return refpix(data, amp33, pixeldq, gamma, zeta, alpha)
+
+    def dark_decay(
+        self, data: np.ndarray, timing: ReadTiming, amplitude: float, time_constant: float, sca: int
+    ) -> np.ndarray:
+        from cpu_fallback.dark_decay import dark_decay
+
+        return dark_decay(data, timing, amplitude, time_constant, sca)
+
+    def linearity(
+        self,
+        data: np.ndarray,
+        groupdq: np.ndarray,
+        pixeldq: np.ndarray,
+        lin_coeffs: np.ndarray,
+        ilin_coeffs: np.ndarray | None,
+        lin_dq: np.ndarray,
+        inl: InlTable | None,
+        timing: ReadTiming,
+    ) -> LinearityResult:
+        from cpu_fallback.linearity import linearity
+
+        return linearity(data, groupdq, pixeldq, lin_coeffs, ilin_coeffs, lin_dq, inl, timing)
+
+    def jump(
+        self,
+        data: np.ndarray,
+        groupdq: np.ndarray,
+        readnoise: np.ndarray,
+        gain: np.ndarray,
+        timing: ReadTiming,
+        params: JumpParams,
+    ) -> np.ndarray:
+        from cpu_fallback.jump import jump
+
+        return jump(data, groupdq, readnoise, gain, timing, params)
+
+    def ramp_fit(
+        self,
+        data: np.ndarray,
+        groupdq: np.ndarray,
+        pixeldq: np.ndarray,
+        readnoise: np.ndarray,
+        gain: np.ndarray,
+        timing: ReadTiming,
+        algorithm: str,
+        params: RampFitParams,
+    ) -> RampFitResult:
+        if algorithm == "ols_cas22":
+            from cpu_fallback.ramp_fit.ols_cas22 import fit_ols_cas22 as fit
+        elif algorithm == "likely":
+            from cpu_fallback.ramp_fit.likely import fit_likely as fit
+        else:
+            raise ValueError(f"unknown ramp-fit algorithm {algorithm!r}; choose one of {RAMP_FIT_ALGORITHMS}")
+        return fit(data, groupdq, pixeldq, readnoise, gain, timing, params)
+
+    def uniform_slope(self, data: np.ndarray, timing: ReadTiming) -> np.ndarray:
+        from cpu_fallback.uniform import uniform_slope
+
+        return uniform_slope(data, timing)
+
+    def dark_current(
+        self, slope: np.ndarray, dq: np.ndarray, dark_slope: np.ndarray, dark_dq: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        from cpu_fallback.image import dark_current
+
+        return dark_current(slope, dq, dark_slope, dark_dq)
+
+    def flatfield(
+        self,
+        data: np.ndarray,
+        err: np.ndarray,
+        var_poisson: np.ndarray,
+        var_rnoise: np.ndarray | None,
+        dumo: np.ndarray,
+        dq: np.ndarray,
+        flat: np.ndarray,
+        flat_err: np.ndarray,
+        flat_dq: np.ndarray,
+        include_var_flat: bool,
+    ) -> FlatResult:
+        from cpu_fallback.image import flatfield
+
+        return flatfield(data, err, var_poisson, var_rnoise, dumo, dq, flat, flat_err, flat_dq, include_var_flat)

@@ -1,0 +1,222 @@
+"""The backend protocol: array-in / array-out functions, one per algorithm.
+
+Steps (``gpucal/<step>.py``) own parameters, reference files and metadata; each calls one
+function of the backend chosen at pipeline start.  ``cpu_fallback`` (NumPy) and the CuPy
+backend implement the same functions with the same signatures and return the same
+NamedTuples.  Array conventions (STYLE.md):
+
+* ramps are ``(K, ny, nx)`` float32 DN, K = number of resultants;
+* ``groupdq`` is ``(K, ny, nx)`` uint8 (:class:`gpucal.dq.GroupFlag` bits);
+* ``pixeldq`` is ``(ny, nx)`` uint32 (:class:`gpucal.dq.PixelFlag` bits);
+* per-pixel references are ``(ny, nx)`` float32, coefficient cubes ``(ncoeff, ny, nx)``;
+* timing comes as a :class:`gpucal.readpattern.ReadTiming`.
+
+Backends may modify input arrays in place and return them; callers must not rely on the
+inputs being unchanged.  Backends never read files or models and never log per pixel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
+
+import numpy as np
+
+from gpucal.readpattern import ReadTiming
+
+__all__ = [
+    "Backend",
+    "DQInitResult",
+    "SaturationResult",
+    "RefpixResult",
+    "LinearityResult",
+    "InlTable",
+    "RampFitResult",
+    "FlatResult",
+    "JumpParams",
+    "RampFitParams",
+]
+
+
+@dataclass(frozen=True)
+class JumpParams:
+    """Thresholds of two-point-difference jump detection (in sigma; neighbours in sigma)."""
+
+    rejection_threshold: float = 4.0
+    three_group_rejection_threshold: float = 6.0
+    four_group_rejection_threshold: float = 5.0
+    flag_4_neighbors: bool = True
+    max_jump_to_flag_neighbors: float = 1000.0
+    min_jump_to_flag_neighbors: float = 10.0
+
+
+@dataclass(frozen=True)
+class RampFitParams:
+    """What the ramp-fit algorithms need beyond arrays and timing.
+
+    ``threshold_intercept`` / ``threshold_constant``: ols_cas22 jump thresholds
+    (defaults 5.5 and 1/3 when None). ``use_ramp_jump_detection``: jump search inside the
+    fit (ols_cas22 and likely). ``rejection_threshold`` is ignored by likely, which, as in
+    romancal 1.1.0, always uses 4.5.
+    """
+
+    use_ramp_jump_detection: bool = True
+    threshold_intercept: float | None = None
+    threshold_constant: float | None = None
+    rejection_threshold: float = 4.5
+
+
+class DQInitResult(NamedTuple):
+    data: np.ndarray  # (K, ny, nx) float32 DN
+    pixeldq: np.ndarray  # (ny, nx) uint32
+
+
+class SaturationResult(NamedTuple):
+    groupdq: np.ndarray  # (K, ny, nx) uint8
+    pixeldq: np.ndarray  # (ny, nx) uint32
+
+
+class RefpixResult(NamedTuple):
+    data: np.ndarray  # (K, ny, nx) float32
+    amp33: np.ndarray  # (K, ny, nx_amp33) uint16
+
+
+class LinearityResult(NamedTuple):
+    data: np.ndarray  # (K, ny, nx) float32
+    groupdq: np.ndarray  # (K, ny, nx) uint8
+    pixeldq: np.ndarray  # (ny, nx) uint32
+
+
+class InlTable(NamedTuple):
+    """Integral non-linearity: a shared grid and one correction table per channel."""
+
+    grid: np.ndarray  # (M,) float32 DN, ascending
+    corrections: np.ndarray  # (nchannels, M) float64 DN; NaN row = no correction
+    channel_width: int  # science columns per channel (128 for a full frame)
+
+
+class RampFitResult(NamedTuple):
+    slope: np.ndarray  # (ny, nx) float32 DN/s
+    err: np.ndarray  # (ny, nx) float32 DN/s
+    var_poisson: np.ndarray  # (ny, nx) float32 (DN/s)^2
+    var_rnoise: np.ndarray  # (ny, nx) float32 (DN/s)^2
+    chisq: np.ndarray  # (ny, nx) float32; zeros where the algorithm has none
+    dq: np.ndarray  # (ny, nx) uint32, pixeldq with the ramp's group flags compressed in
+    groupdq: np.ndarray  # (K, ny, nx) uint8, with JUMP_DET found by the fit
+
+
+class FlatResult(NamedTuple):
+    data: np.ndarray
+    err: np.ndarray
+    var_poisson: np.ndarray
+    var_rnoise: np.ndarray | None
+    var_flat: np.ndarray | None
+    dumo: np.ndarray
+    dq: np.ndarray
+
+
+class Backend(Protocol):
+    """What every backend module/object provides."""
+
+    name: str
+
+    def dq_init(
+        self,
+        data: np.ndarray,
+        reference_read: np.ndarray | None,
+        encoding_offset: int,
+        mask_dq: np.ndarray | None,
+        guide_window: tuple[int, int, int, int] | None,
+        expand_gw_flagging: int,
+    ) -> DQInitResult:
+        """uint16 (K, ny, nx) raw resultants -> float32 DN and the initial pixel DQ.
+
+        ``guide_window`` is (xstart, xstop, ystart, ystop) in frame pixels, or None.
+        """
+        ...
+
+    def saturation(
+        self,
+        data: np.ndarray,
+        groupdq: np.ndarray,
+        pixeldq: np.ndarray,
+        threshold: np.ndarray,
+        threshold_dq: np.ndarray,
+        timing: ReadTiming,
+        n_pix_grow_sat: int,
+        backup: int,
+    ) -> SaturationResult: ...
+
+    def refpix(
+        self,
+        data: np.ndarray,
+        amp33: np.ndarray,
+        pixeldq: np.ndarray,
+        gamma: np.ndarray,
+        zeta: np.ndarray,
+        alpha: np.ndarray,
+    ) -> RefpixResult: ...
+
+    def dark_decay(
+        self, data: np.ndarray, timing: ReadTiming, amplitude: float, time_constant: float, sca: int
+    ) -> np.ndarray: ...
+
+    def linearity(
+        self,
+        data: np.ndarray,
+        groupdq: np.ndarray,
+        pixeldq: np.ndarray,
+        lin_coeffs: np.ndarray,
+        ilin_coeffs: np.ndarray | None,
+        lin_dq: np.ndarray,
+        inl: InlTable | None,
+        timing: ReadTiming,
+    ) -> LinearityResult: ...
+
+    def jump(
+        self,
+        data: np.ndarray,
+        groupdq: np.ndarray,
+        readnoise: np.ndarray,
+        gain: np.ndarray,
+        timing: ReadTiming,
+        params: JumpParams,
+    ) -> np.ndarray:
+        """Two-point-difference jump detection; returns groupdq with JUMP_DET set."""
+        ...
+
+    def ramp_fit(
+        self,
+        data: np.ndarray,
+        groupdq: np.ndarray,
+        pixeldq: np.ndarray,
+        readnoise: np.ndarray,
+        gain: np.ndarray,
+        timing: ReadTiming,
+        algorithm: str,
+        params: RampFitParams,
+    ) -> RampFitResult:
+        """Fit every pixel's ramp. ``algorithm`` is ``"ols_cas22"`` or ``"likely"``."""
+        ...
+
+    def uniform_slope(self, data: np.ndarray, timing: ReadTiming) -> np.ndarray:
+        """Flag-blind uniform-weight slope (DN/s), used for ``dumo``."""
+        ...
+
+    def dark_current(
+        self, slope: np.ndarray, dq: np.ndarray, dark_slope: np.ndarray, dark_dq: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def flatfield(
+        self,
+        data: np.ndarray,
+        err: np.ndarray,
+        var_poisson: np.ndarray,
+        var_rnoise: np.ndarray | None,
+        dumo: np.ndarray,
+        dq: np.ndarray,
+        flat: np.ndarray,
+        flat_err: np.ndarray,
+        flat_dq: np.ndarray,
+        include_var_flat: bool,
+    ) -> FlatResult: ...
