@@ -75,6 +75,13 @@ class CpuBackend:
 
         return dark_decay(data, timing, amplitude, time_constant, sca)
 
+    def wfi18_transient(
+        self, data: np.ndarray, groupdq: np.ndarray, timing: ReadTiming, mask_rows: bool
+    ) -> tuple[np.ndarray, np.ndarray, bool]:
+        from cpu_fallback.wfi18 import wfi18_transient
+
+        return wfi18_transient(data, groupdq, timing, mask_rows)
+
     def linearity(
         self,
         data: np.ndarray,

@@ -12,8 +12,8 @@ A read pattern is a list of K lists of 1-based read numbers; read ``r`` happens 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -77,7 +77,7 @@ def read_timing(read_pattern: Sequence[Sequence[int]], frame_time: float) -> Rea
     flat = [r for res in pattern for r in res]
     if any(len(res) == 0 for res in pattern):
         raise ValueError("read pattern has a resultant with no reads")
-    if flat[0] < 1 or any(b <= a for a, b in zip(flat, flat[1:])):
+    if flat[0] < 1 or any(b <= a for a, b in zip(flat, flat[1:], strict=False)):
         raise ValueError("read pattern reads must be positive and strictly increasing")
     if not (np.isfinite(frame_time) and frame_time > 0):
         raise ValueError(f"frame_time must be a positive number, got {frame_time!r}")

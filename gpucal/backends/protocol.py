@@ -161,6 +161,12 @@ class Backend(Protocol):
         self, data: np.ndarray, timing: ReadTiming, amplitude: float, time_constant: float, sca: int
     ) -> np.ndarray: ...
 
+    def wfi18_transient(
+        self, data: np.ndarray, groupdq: np.ndarray, timing: ReadTiming, mask_rows: bool
+    ) -> tuple[np.ndarray, np.ndarray, bool]:
+        """WFI18 first-read transient: fit and subtract, or flag rows; returns (data, groupdq, fitted)."""
+        ...
+
     def linearity(
         self,
         data: np.ndarray,

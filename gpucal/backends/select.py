@@ -1,0 +1,68 @@
+"""Choosing the array backend once per run: ``auto``, ``gpu`` or ``cpu``.
+
+The GPU probe returns ``(ok, reason)`` and never raises: CuPy must import, see a device
+(``cupy.is_available()``) and reach NVRTC, and gpucal's CuPy backend must be present.
+``auto`` falls back to the CPU with one warning; an explicit ``gpu`` that cannot run is
+an error naming the reason.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import logging
+
+from gpucal.errors import BackendUnavailableError
+
+__all__ = ["probe_gpu", "select_backend", "BACKEND_CHOICES"]
+
+log = logging.getLogger(__name__)
+
+BACKEND_CHOICES = ("auto", "gpu", "cpu")
+
+
+@functools.lru_cache(maxsize=1)
+def probe_gpu() -> tuple[bool, str]:
+    """Whether the GPU backend can run here, and why not."""
+    try:
+        import cupy
+    except Exception as exc:  # ImportError, or a broken CUDA install raising at import
+        return False, f"CuPy is not importable ({type(exc).__name__}: {exc}); install gpucal[cuda12] or gpucal[cuda13]"
+    try:
+        if not cupy.is_available():
+            return False, "CuPy sees no usable CUDA device (no GPU or no driver)"
+    except Exception as exc:
+        return False, f"CUDA device query failed: {type(exc).__name__}: {exc}"
+    try:
+        from cupy.cuda import nvrtc
+
+        nvrtc.getVersion()
+    except Exception as exc:
+        return False, f"NVRTC is not usable ({type(exc).__name__}: {exc}); install the nvidia-cuda-nvrtc wheel"
+    if importlib.util.find_spec("gpucal.backends.cupy_backend") is None:
+        return False, "this gpucal build has no CuPy backend yet"
+    return True, "CUDA device available"
+
+
+def select_backend(name: str):  # noqa: ANN201 - returns a Backend implementation
+    """Return the backend object for ``name`` (``auto``, ``gpu`` or ``cpu``).
+
+    Raises
+    ------
+    BackendUnavailableError
+        ``gpu`` was asked for and cannot run (the message says why).
+    """
+    if name not in BACKEND_CHOICES:
+        raise BackendUnavailableError(f"unknown backend {name!r}; choose one of {', '.join(BACKEND_CHOICES)}")
+    if name in ("auto", "gpu"):
+        ok, reason = probe_gpu()
+        if ok:
+            from gpucal.backends.cupy_backend import CupyBackend  # type: ignore[import-not-found]
+
+            return CupyBackend()
+        if name == "gpu":
+            raise BackendUnavailableError(f"--backend=gpu cannot run: {reason}")
+        log.warning("No usable GPU (%s); using the CPU backend", reason)
+    from cpu_fallback import CpuBackend
+
+    return CpuBackend()

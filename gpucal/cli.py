@@ -1,0 +1,349 @@
+"""Command line: ``strun`` (stpipe's conventions) and ``gpucal`` (demo, info).
+
+No science here: the CLI builds parameters, configures logging and calls the pipeline.
+Exit status: 0 success; 1 an error (one line on stderr; traceback only with --debug or
+--verbose); 2 usage error; 64 an input with no science data.  Heavy imports happen inside
+commands so ``strun -h`` is instant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+import click
+
+from gpucal import __version__
+from gpucal.registry import known_names, load_class, resolve_name
+
+__all__ = ["strun_main", "gpucal_main", "run_strun"]
+
+log = logging.getLogger("gpucal.cli")
+
+_FLAG_OPTIONS = {"-h", "--help", "-v", "--verbose", "--debug", "--disable-crds-steppars", "--version"}
+_VALUE_OPTIONS = {"--log-level", "--log-file", "--log-stream", "--save-parameters", "--logcfg"}
+EXIT_USAGE = 2
+
+
+# --------------------------------------------------------------------------- logging
+def configure_logging(level: str = "INFO", log_file: str | None = None, stream: str = "stderr") -> None:
+    """stpipe's default format, to stderr (or stdout / nowhere), optional file."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "_gpucal", False):
+            root.removeHandler(handler)
+    fmt = logging.Formatter("%(asctime)s - %(name)s - %(levelname)s - %(message)s")
+    numeric = getattr(logging, str(level).upper(), None)
+    if not isinstance(numeric, int):
+        raise click.BadParameter(f"unknown log level {level!r}", param_hint="--log-level")
+    handlers: list[logging.Handler] = []
+    if stream != "null":
+        handlers.append(logging.StreamHandler(sys.stdout if stream == "stdout" else sys.stderr))
+    if log_file:
+        handlers.append(logging.FileHandler(log_file, mode="w"))
+    for handler in handlers:
+        handler.setFormatter(fmt)
+        handler.setLevel(numeric)
+        handler._gpucal = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    root.setLevel(min(numeric, logging.INFO))
+    logging.captureWarnings(True)
+    for noisy in ("CRDS", "asdf", "py.warnings"):
+        logging.getLogger(noisy).setLevel(max(numeric, logging.WARNING))
+
+
+# ------------------------------------------------------------------ strun: options
+def _option_table(step_cls: type) -> list[tuple[str, str, str, Any]]:
+    """(option, step key or '', parameter, field) for every parameter of ``step_cls``."""
+    rows = [(f"--{f.name}", "", f.name, f) for f in dataclasses.fields(step_cls.Params)]
+    for key, sub in getattr(step_cls, "step_defs", {}).items():
+        for f in dataclasses.fields(sub.Params):
+            if f.name == "backend":
+                continue  # one backend per run, chosen at the top
+            rows.append((f"--steps.{key}.{f.name}", key, f.name, f))
+    return rows
+
+
+def _help_text(f: Any) -> str:
+    from gpucal.params import describe_default
+
+    text = f.metadata.get("help", "")
+    choices = f.metadata.get("choices")
+    if choices:
+        text += f" One of: {', '.join(choices)}."
+    return text + describe_default(f.default)
+
+
+def _build_command(name: str, step_cls: type, defaults: dict[str, Any]) -> click.Command:
+    table = _option_table(step_cls)
+    params: list[click.Parameter] = [click.Argument(["inputs"], nargs=-1, required=False)]
+    for i, (option, _key, _name, f) in enumerate(table):
+        params.append(click.Option([option, f"p{i}"], type=str, default=None, help=_help_text(f), metavar="VALUE"))
+    params += [
+        click.Option(["-v", "--verbose"], is_flag=True, help="Log at DEBUG level (and show tracebacks)."),
+        click.Option(["--debug"], is_flag=True, help="Show the traceback of an error."),
+        click.Option(["--log-level"], default="INFO", show_default=True, help="Logging level."),
+        click.Option(["--log-file"], default=None, help="Also write the log to this file."),
+        click.Option(["--log-stream"], type=click.Choice(["stderr", "stdout", "null"]), default="stderr",
+                     show_default=True, help="Where the log goes."),
+        click.Option(["--save-parameters"], default=None, help="Write the final parameters to this ASDF file."),
+        click.Option(["--disable-crds-steppars"], is_flag=True,
+                     help="Accepted for stpipe compatibility (gpucal does not fetch parameters from CRDS)."),
+        click.Option(["--logcfg"], default=None, hidden=True),
+    ]
+    doc = (step_cls.__doc__ or "").strip().splitlines()[0] if step_cls.__doc__ else ""
+
+    def callback(inputs: tuple[str, ...], verbose: bool, debug: bool, log_level: str, log_file: str | None,
+                 log_stream: str, save_parameters: str | None, disable_crds_steppars: bool, logcfg: str | None,
+                 **opts: Any) -> int:
+        configure_logging("DEBUG" if verbose else log_level, log_file, log_stream)
+        values = {k: (dict(v) if isinstance(v, dict) else v) for k, v in defaults.items()}
+        steps = values.setdefault("steps", {}) if hasattr(step_cls, "step_defs") else None
+        for i, (_option, key, pname, _f) in enumerate(table):
+            value = opts.get(f"p{i}")
+            if value is None:
+                continue
+            if key:
+                assert steps is not None
+                steps.setdefault(key, {})[pname] = value
+            else:
+                values[pname] = value
+        if steps is not None and not steps:
+            values.pop("steps")
+        return _execute(name, step_cls, values, list(inputs), save_parameters, debug or verbose)
+
+    return click.Command(
+        name=name, params=params, callback=callback, help=doc,
+        context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
+        epilog="Exit status: 0 success, 1 error, 2 usage error, 64 input without science data.",
+    )
+
+
+def _execute(name: str, step_cls: type, values: dict[str, Any], inputs: list[str],
+             save_parameters: str | None, show_traceback: bool) -> int:
+    from gpucal.errors import GpucalError
+
+    if not inputs:
+        raise click.UsageError("an input file is required")
+    try:
+        step = step_cls.from_values(values)
+        # strun saves the top step's result, as stpipe does
+        step.params = dataclasses.replace(step.params, save_results=True)
+        if save_parameters:
+            _save_parameters(step_cls, step, save_parameters)
+    except GpucalError as exc:
+        _error(str(exc))
+        return exc.exit_code
+    failures: list[tuple[str, int]] = []
+    for path in inputs:
+        status = _run_one(step_cls, values, path, show_traceback)
+        if status:
+            failures.append((path, status))
+    if not failures:
+        return 0
+    if len(inputs) > 1:
+        _error(f"{len(failures)} of {len(inputs)} inputs failed: " + ", ".join(p for p, _ in failures))
+    codes = {code for _, code in failures}
+    return codes.pop() if len(codes) == 1 else 1
+
+
+def _run_one(step_cls: type, values: dict[str, Any], path: str, show_traceback: bool) -> int:
+    from gpucal.errors import GpucalError
+
+    step = step_cls.from_values(values)
+    step.params = dataclasses.replace(step.params, save_results=True)
+    try:
+        step.run(path)
+    except GpucalError as exc:
+        if show_traceback:
+            log.exception("%s failed", path)
+        _error(str(exc))
+        return exc.exit_code
+    except MemoryError:
+        _error(f"{path}: out of memory")
+        return 1
+    except Exception as exc:  # an unexpected failure: still one line unless asked
+        if show_traceback:
+            log.exception("%s failed", path)
+        _error(f"{path}: {type(exc).__name__}: {exc}")
+        return 1
+    return 0
+
+
+def _save_parameters(step_cls: type, step: Any, path: str) -> None:
+    from gpucal.config import write_parameter_file
+
+    def public(obj: Any) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(obj).items() if v is not None}
+
+    class_path = f"{step_cls.__module__.replace('.exposure', '')}.{step_cls.__name__}"
+    steps = None
+    if hasattr(step, "steps"):
+        steps = {key: (f"{sub.__class__.__module__}.{sub.__class__.__name__}", public(sub.params))
+                 for key, sub in step.steps.items()}
+    write_parameter_file(path, class_path, step_cls.__name__, public(step.params), steps)
+
+
+def _error(message: str) -> None:
+    click.echo(f"strun: error: {message.splitlines()[0] if message else 'failed'}", err=True)
+
+
+def _split_argv(argv: list[str]) -> tuple[list[str], str | None, list[str]]:
+    """(options before the class, class/config name, the rest)."""
+    before: list[str] = []
+    i = 0
+    while i < len(argv):
+        tok = argv[i]
+        if tok.startswith("-"):
+            before.append(tok)
+            if tok in _VALUE_OPTIONS and i + 1 < len(argv):
+                before.append(argv[i + 1])
+                i += 1
+            i += 1
+            continue
+        return before, tok, argv[i + 1:]
+    return before, None, []
+
+
+def _print_versions() -> None:
+    lines = [f"gpucal: {__version__}"]
+    for dist in ("roman_datamodels", "rad", "asdf", "crds", "stpipe", "romancal", "cupy-cuda12x", "cupy-cuda13x"):
+        try:
+            from importlib.metadata import version
+
+            lines.append(f"{dist}: {version(dist)}")
+        except Exception:  # not installed
+            continue
+    click.echo("\n".join(lines))
+
+
+def _delegate_to_stpipe(argv: list[str]) -> int | None:
+    try:
+        from stpipe._cli import strun as stpipe_strun  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    sys.argv = ["strun", *argv]
+    try:
+        stpipe_strun.main()
+    except SystemExit as exc:
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 1
+    return 0
+
+
+def run_strun(argv: list[str]) -> int:
+    """Run ``strun`` with ``argv`` (without the program name); return the exit status."""
+    if "--version" in argv:
+        _print_versions()
+        return 0
+    before, name, rest = _split_argv(argv)
+    if name is None:
+        click.echo("usage: strun <class | alias | parameter file> <input> [--param=value ...]", err=True)
+        click.echo("strun: error: the following arguments are required: cfg_file_or_class", err=True)
+        click.echo("gpucal provides: " + ", ".join(known_names()), err=True)
+        return EXIT_USAGE
+    defaults: dict[str, Any] = {}
+    target = resolve_name(name)
+    if target is None and os.path.isfile(name):
+        from gpucal.config import read_parameter_file
+        from gpucal.errors import ParameterError
+
+        try:
+            cls_name, defaults = read_parameter_file(name)
+        except ParameterError as exc:
+            _error(str(exc))
+            return 1
+        target = resolve_name(cls_name) if cls_name else None
+        if target is None:
+            delegated = _delegate_to_stpipe(argv)
+            if delegated is not None:
+                return delegated
+            _error(f"parameter file {name} names class {cls_name!r}, which gpucal does not provide")
+            return 1
+    if target is None:
+        delegated = _delegate_to_stpipe(argv)
+        if delegated is not None:
+            return delegated
+        _error(f"unknown step or pipeline {name!r}; gpucal provides: " + ", ".join(known_names()))
+        return EXIT_USAGE
+    step_cls = load_class(target)
+    command = _build_command(f"strun {name}", step_cls, defaults)
+    try:
+        rv = command.main(args=before + rest, prog_name=f"strun {name}", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Abort:
+        _error("aborted")
+        return 130
+    return int(rv or 0)
+
+
+def _raise_on_sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def strun_main(argv: list[str] | None = None) -> None:
+    """Console entry point of ``strun``."""
+    signal.signal(signal.SIGTERM, _raise_on_sigterm)  # so temporary outputs are cleaned up
+    try:
+        status = run_strun(sys.argv[1:] if argv is None else argv)
+    except KeyboardInterrupt:
+        _error("interrupted")
+        status = 130
+    sys.exit(status)
+
+
+# ------------------------------------------------------------------------- gpucal
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="gpucal")
+def gpucal_main() -> None:
+    """gpucal: GPU-accelerated Roman WFI calibration (run pipelines with `strun`)."""
+
+
+@gpucal_main.command()
+@click.option("--size", default="4096", show_default=True,
+              help="Frame size NY or NYxNX (incl. the 4-px border; NX a multiple of 32, >= 256).")
+@click.option("--nresultants", type=click.IntRange(4, 10), default=8, show_default=True,
+              help="Resultants in the uneven read pattern.")
+@click.option("--seed", type=int, default=1, show_default=True, help="Random seed (same seed, same files).")
+@click.option("--backend", type=click.Choice(["auto", "gpu", "cpu"]), default="auto", show_default=True)
+@click.option("--no-run", is_flag=True, help="Only write the demo data and references.")
+@click.option("--log-level", default="INFO", show_default=True)
+def demo(size: str, nresultants: int, seed: int, backend: str, no_run: bool, log_level: str) -> None:
+    """Write a synthetic exposure, references and a CRDS cache here, then calibrate it."""
+    from gpucal.demo.run import run_demo
+
+    configure_logging(log_level)
+    try:
+        ny, nx = _parse_size(size)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--size") from None
+    status = run_demo(ny=ny, nx=nx, nresultants=nresultants, seed=seed, backend=backend, run=not no_run)
+    sys.exit(status)
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    parts = text.lower().replace("*", "x").split("x")
+    if len(parts) == 1:
+        ny = nx = int(parts[0])
+    elif len(parts) == 2:
+        ny, nx = int(parts[0]), int(parts[1])
+    else:
+        raise ValueError(f"{text!r} is not NY or NYxNX")
+    if ny < 16 or nx < 256 or nx % 32 or ny > 4096 or nx > 4096:
+        raise ValueError(f"{text!r}: need 16 <= NY <= 4096 and 256 <= NX <= 4096 with NX a multiple of 32")
+    return ny, nx
+
+
+@gpucal_main.command()
+def info() -> None:
+    """Show GPUs (NVML), CUDA/NVRTC versions and the backend 'auto' picks."""
+    from gpucal.backends.info import describe
+
+    click.echo(describe())

@@ -1,0 +1,93 @@
+"""linearity: read-level classic non-linearity correction (refs: LINEARITY,
+INVERSELINEARITY, optional INTEGRALNONLINEARITY)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from gpucal.backends.protocol import InlTable
+from gpucal.errors import ReferenceFileError
+from gpucal.params import StepParams, param
+from gpucal.readpattern import read_timing
+from gpucal.refs import check_array, open_reference
+from gpucal.stepbase import Step
+
+__all__ = ["LinearityStep", "LinearityParams", "inl_table"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LinearityParams(StepParams):
+    override_linearity: str | None = param(None, "LINEARITY reference file to use instead of CRDS's choice.")
+    override_inverselinearity: str | None = param(
+        None, "INVERSELINEARITY reference file to use instead of CRDS's choice."
+    )
+    override_integralnonlinearity: str | None = param(
+        None, "INTEGRALNONLINEARITY reference file to use instead of CRDS's choice."
+    )
+
+
+def inl_table(ref: Any, nx: int) -> InlTable | None:
+    """The INL grid and per-channel corrections of an INTEGRALNONLINEARITY model."""
+    grid = ref._instance.get("value")
+    if grid is None:
+        return None
+    grid = np.asarray(grid, dtype=np.float32)
+    table = ref.inl_table
+    nch = 32
+    corrections = np.full((nch, grid.size), np.nan, dtype=np.float64)
+    for ch in range(nch):
+        entry = table.get(f"science_channel_{ch + 1:02d}") if hasattr(table, "get") else None
+        corr = None if entry is None else entry.get("correction")
+        if corr is None:
+            continue
+        corr = np.asarray(corr, dtype=np.float64)
+        if corr.shape != grid.shape:
+            raise ReferenceFileError(
+                f"integralnonlinearity channel {ch + 1}: correction has {corr.size} values, grid has {grid.size}"
+            )
+        corrections[ch] = corr
+    return InlTable(grid=grid, corrections=corrections, channel_width=nx // nch)
+
+
+class LinearityStep(Step):
+    """Correct resultants for classic non-linearity at the level of individual reads."""
+
+    class_alias = "linearity"
+    cal_step_key = "linearity"
+    reference_file_types = ("linearity", "inverselinearity", "integralnonlinearity")
+    Params = LinearityParams
+    default_suffix = "linearity"
+
+    def process(self, model: Any) -> Any:
+        refs = self.resolve_references(model)
+        if not (refs["linearity"].available and refs["inverselinearity"].available):
+            log.warning("No LINEARITY or INVERSELINEARITY reference: step skipped")
+            model.meta.cal_step.linearity = "SKIPPED"
+            return model
+        k, ny, nx = model.data.shape
+        lin = open_reference(refs["linearity"], model)
+        ilin = open_reference(refs["inverselinearity"], model)
+        lin_coeffs = np.asarray(lin.coeffs, dtype=np.float32)
+        ilin_coeffs = np.asarray(ilin.coeffs, dtype=np.float32)
+        for name, arr in (("linearity", lin_coeffs), ("inverselinearity", ilin_coeffs)):
+            if arr.ndim != 3 or arr.shape[1:] != (ny, nx):
+                raise ReferenceFileError(f"{name} coeffs have shape {arr.shape}, the exposure needs (n, {ny}, {nx})")
+        lin_dq = check_array("linearity", "dq", lin.dq, (ny, nx), np.uint32).astype(np.uint32, copy=False)
+        inl = None
+        if refs["integralnonlinearity"].available:
+            inl = inl_table(open_reference(refs["integralnonlinearity"], model), nx)
+        timing = read_timing(model.meta.exposure.read_pattern, float(model.meta.exposure.frame_time))
+        result = self.backend.linearity(
+            model.data, model.groupdq, model.pixeldq, lin_coeffs, ilin_coeffs, lin_dq, inl, timing
+        )
+        model.data = result.data
+        model.groupdq = result.groupdq
+        model.pixeldq = result.pixeldq
+        model.meta.cal_step.linearity = "COMPLETE"
+        return model

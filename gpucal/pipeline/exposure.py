@@ -1,0 +1,180 @@
+"""ExposurePipeline (``roman_elp``): Level 1 uncal -> Level 2 cal, romancal 1.1.0's
+routing with gpucal's jump step.
+
+Order: dq_init, saturation, [fully saturated short-cut], refpix, dark_decay,
+wfi18_transient, linearity, jump (skipped for ``likely``, which finds its own jumps),
+rampfit, dark_current, assign_wcs, photom, then flatfield for imaging exposure types
+(WFI_IMAGE, WFI_LOLO, WFI_WFSC).  Data pass between steps in memory; one backend serves
+the whole run.  source_catalog and tweakreg are not in scope (their cal_step entries say
+SKIPPED, as for a romancal run with them skipped).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from gpucal.assign_wcs import AssignWcsStep
+from gpucal.dark_current import DarkCurrentStep
+from gpucal.dark_decay import DarkDecayStep
+from gpucal.dq import GroupFlag, PixelFlag
+from gpucal.dq_init import DQInitStep
+from gpucal.errors import ParameterError
+from gpucal.flatfield import FlatFieldStep
+from gpucal.jump import JumpStep
+from gpucal.linearity import LinearityStep
+from gpucal.params import StepParams, build_params, param
+from gpucal.photom import PhotomStep
+from gpucal.ramp_fitting import RampFitStep
+from gpucal.readpattern import read_timing
+from gpucal.refpix import RefPixStep
+from gpucal.saturation import SaturationStep
+from gpucal.stepbase import Step, set_cal_step
+from gpucal.wfi18_transient import WFI18TransientStep
+
+__all__ = ["ExposurePipeline", "ExposurePipelineParams", "STEP_DEFS", "IMAGING_TYPES"]
+
+log = logging.getLogger(__name__)
+
+STEP_DEFS: dict[str, type[Step]] = {
+    "dq_init": DQInitStep,
+    "saturation": SaturationStep,
+    "refpix": RefPixStep,
+    "dark_decay": DarkDecayStep,
+    "wfi18_transient": WFI18TransientStep,
+    "linearity": LinearityStep,
+    "jump": JumpStep,
+    "rampfit": RampFitStep,
+    "dark_current": DarkCurrentStep,
+    "assign_wcs": AssignWcsStep,
+    "photom": PhotomStep,
+    "flatfield": FlatFieldStep,
+}
+
+IMAGING_TYPES = ("WFI_IMAGE", "WFI_LOLO", "WFI_WFSC")
+_SATURATED_SHORTCUT_SKIPS = (
+    "refpix", "dark_decay", "wfi18_transient", "linearity", "dark", "ramp_fit",
+    "assign_wcs", "flat_field", "photom", "source_catalog",
+)
+
+
+@dataclass(frozen=True)
+class ExposurePipelineParams(StepParams):
+    suffix: str | None = param("cal", "Suffix of the calibrated product.")
+    on_disk: bool = param(False, "Accepted for romancal compatibility (single exposures stay in memory).")
+    save_calibrated_ramp: bool = param(False, "Also save the calibrated ramp fed to ramp fitting (<root>_ramp.asdf).")
+
+
+class ExposurePipeline(Step):
+    """Calibrate a Roman WFI exposure from Level 1 resultants to a Level 2 image."""
+
+    class_alias = "roman_elp"
+    cal_step_key = ""
+    Params = ExposurePipelineParams
+    default_suffix = "cal"
+    output_use_model = True
+    step_defs: ClassVar[dict[str, type[Step]]] = STEP_DEFS
+
+    def __init__(
+        self,
+        params: StepParams | None = None,
+        *,
+        steps: dict[str, StepParams] | None = None,
+        name: str | None = None,
+        parent: Step | None = None,
+    ):
+        super().__init__(params, name=name, parent=parent)
+        steps = steps or {}
+        self.steps: dict[str, Step] = {
+            key: cls(steps.get(key), name=key, parent=self) for key, cls in self.step_defs.items()
+        }
+
+    @classmethod
+    def from_values(cls, values: dict[str, Any] | None = None, **kwargs: Any) -> ExposurePipeline:
+        merged = {**(values or {}), **kwargs}
+        step_values = merged.pop("steps", {}) or {}
+        unknown = sorted(set(step_values) - set(cls.step_defs))
+        if unknown:
+            raise ParameterError(f"roman_elp has no step(s) {', '.join(unknown)}; steps are {', '.join(cls.step_defs)}")
+        params = build_params(cls.Params, merged)
+        steps = {key: build_params(cls.step_defs[key].Params, vals) for key, vals in step_values.items()}
+        return cls(params, steps=steps)
+
+    def process(self, input_model: Any) -> Any:
+        steps = self.steps
+        self.timings = {}
+
+        def run(key: str, model: Any) -> Any:
+            start = time.perf_counter()
+            out = steps[key].run(model)
+            self.timings[key] = time.perf_counter() - start
+            return out
+
+        model = run("dq_init", input_model)
+        model = run("saturation", model)
+        if _fully_saturated(model):
+            log.warning("All pixels are saturated: writing a zeroed image")
+            return self._saturated_product(model)
+        for key in ("refpix", "dark_decay", "wfi18_transient", "linearity"):
+            model = run(key, model)
+        rampfit = steps["rampfit"]
+        if rampfit.params.algorithm == "likely" and not steps["jump"].params.skip:
+            log.info("rampfit uses 'likely', which finds its own jumps: jump step skipped")
+            steps["jump"].params = dataclasses.replace(steps["jump"].params, skip=True)
+        model = run("jump", model)
+        if self.params.save_calibrated_ramp:
+            self.save(model, suffix="ramp")
+        model = run("rampfit", model)
+        for key in ("dark_current", "assign_wcs", "photom"):
+            model = run(key, model)
+        exposure_type = str(model.meta.exposure.type)
+        if exposure_type not in IMAGING_TYPES:
+            log.info("Exposure type %s is not imaging: flat field skipped", exposure_type)
+            set_cal_step(model, "flat_field", "SKIPPED")
+        else:
+            model = run("flatfield", model)
+        set_cal_step(model, "source_catalog", "SKIPPED")
+        set_cal_step(model, "tweakreg", "SKIPPED")
+        if "wcs" not in model.meta:
+            model.meta.wcs = None
+        return model
+
+    def _saturated_product(self, ramp: Any) -> Any:
+        from gpucal.image import fully_saturated_image
+
+        timing = read_timing(ramp.meta.exposure.read_pattern, float(ramp.meta.exposure.frame_time))
+        image = fully_saturated_image(ramp, self.backend.uniform_slope(ramp.data, timing))
+        for key in _SATURATED_SHORTCUT_SKIPS:
+            set_cal_step(image, key, "SKIPPED")
+        set_cal_step(image, "tweakreg", "SKIPPED")
+        image.meta.wcs = None
+        return image
+
+    def finalize(self, model: Any) -> None:
+        for step in self.steps.values():
+            self.ref_records.update(step.ref_records)
+        super().finalize(model)
+
+    def save(self, model: Any, suffix: str | None = None) -> Any:
+        path = super().save(model, suffix)
+        if suffix is None and type(model).__name__ == "ImageModel" and model.meta.get("wcs") is not None:
+            self._save_wcs(model)
+        return path
+
+    def _save_wcs(self, model: Any) -> None:
+        import roman_datamodels.datamodels as rdm
+
+        from gpucal.io import write_model
+
+        wcs_model = rdm.WfiWcsModel.from_model_with_wcs(model)
+        write_model(wcs_model, self.output_path(model, suffix="wcs"))
+
+
+def _fully_saturated(model: Any) -> bool:
+    sat_g = (model.groupdq & GroupFlag.SATURATED) != 0
+    if sat_g.all():
+        return True
+    return bool(((model.pixeldq & PixelFlag.SATURATED) != 0).all())

@@ -1,0 +1,155 @@
+"""Reference files: ``override_<reftype>`` first, else the real CRDS client.
+
+A step asks for a reference type; :func:`resolve` returns the path (or ``"N/A"``) and
+the string recorded in ``meta.ref_file``; :func:`open_reference` opens it as the expected
+reference model and checks it against the exposure (detector, array shapes and dtypes).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gpucal.errors import ReferenceFileError
+
+__all__ = ["REFERENCE_MODELS", "Resolved", "resolve", "open_reference", "check_array", "crds_parameters"]
+
+log = logging.getLogger(__name__)
+
+# reftype -> roman_datamodels model class name
+REFERENCE_MODELS: dict[str, str] = {
+    "mask": "MaskRefModel",
+    "saturation": "SaturationRefModel",
+    "refpix": "RefpixRefModel",
+    "darkdecaysignal": "DarkdecaysignalRefModel",
+    "linearity": "LinearityRefModel",
+    "inverselinearity": "InverselinearityRefModel",
+    "integralnonlinearity": "IntegralnonlinearityRefModel",
+    "readnoise": "ReadnoiseRefModel",
+    "gain": "GainRefModel",
+    "dark": "DarkRefModel",
+    "distortion": "DistortionRefModel",
+    "photom": "WfiImgPhotomRefModel",
+    "flat": "FlatRefModel",
+}
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A resolved reference: ``path`` (``"N/A"`` when none applies) and its record."""
+
+    reftype: str
+    path: str
+    record: str
+
+    @property
+    def available(self) -> bool:
+        return self.path != "N/A"
+
+
+def crds_parameters(model: Any) -> dict[str, Any]:
+    """The model's CRDS selection parameters (flattened scalar ``roman.meta.*`` keys)."""
+    params = dict(model.get_crds_parameters())
+    params.setdefault("roman.meta.instrument.detector", "WFI02")
+    return params
+
+
+def resolve(model: Any, reftypes: Iterable[str], overrides: dict[str, str | None]) -> dict[str, Resolved]:
+    """Resolve each reference type: an override wins, the rest go to CRDS in one call.
+
+    Raises
+    ------
+    ReferenceFileError
+        When an override names a missing file or CRDS cannot supply a reference.
+    """
+    out: dict[str, Resolved] = {}
+    ask: list[str] = []
+    for reftype in reftypes:
+        override = overrides.get(reftype)
+        if override is None or override == "":
+            ask.append(reftype)
+            continue
+        if str(override).strip().upper() == "N/A":
+            out[reftype] = Resolved(reftype, "N/A", "N/A")
+            continue
+        path = Path(os.path.expandvars(os.path.expanduser(str(override)))).resolve()
+        if not path.is_file():
+            raise ReferenceFileError(f"override_{reftype}: reference file not found: {path}")
+        out[reftype] = Resolved(reftype, str(path), str(path))
+    if ask:
+        from gpucal.crds_local import best_references
+
+        found = best_references(crds_parameters(model), ask)
+        for reftype in ask:
+            path = found.get(reftype, "N/A")
+            if "N/A" in str(path).upper():
+                out[reftype] = Resolved(reftype, "N/A", "N/A")
+            else:
+                if not Path(path).is_file():
+                    raise ReferenceFileError(f"CRDS selected {Path(path).name} for {reftype} but it is not readable")
+                out[reftype] = Resolved(reftype, str(path), f"crds://{Path(path).name}")
+        for reftype in ask:
+            log.info("Using %s reference file %s", reftype.upper(), out[reftype].record)
+    return out
+
+
+def open_reference(resolved: Resolved, exposure: Any) -> Any:
+    """Open a reference file as its roman_datamodels class and check the detector.
+
+    Raises
+    ------
+    ReferenceFileError
+        Unreadable file, wrong model type, or a reference for another detector.
+    """
+    import roman_datamodels.datamodels as rdm
+
+    expected = REFERENCE_MODELS[resolved.reftype]
+    try:
+        ref = rdm.open(resolved.path)
+    except Exception as exc:
+        raise ReferenceFileError(
+            f"{resolved.reftype} reference {resolved.path} cannot be opened: {type(exc).__name__}: {exc}"
+        ) from None
+    if type(ref).__name__ != expected:
+        ref.close()
+        raise ReferenceFileError(
+            f"{resolved.reftype} reference {resolved.path} is a {type(ref).__name__}, expected {expected}"
+        )
+    detector = str(exposure.meta.instrument.detector)
+    try:
+        ref_detector = str(ref.meta.instrument.detector)
+    except (AttributeError, KeyError):
+        ref_detector = "NOT_CONFIGURED"
+    if ref_detector not in (detector, "NOT_CONFIGURED") and resolved.reftype != "darkdecaysignal":
+        ref.close()
+        raise ReferenceFileError(
+            f"{resolved.reftype} reference {Path(resolved.path).name} is for detector {ref_detector}, "
+            f"but the exposure is {detector}"
+        )
+    return ref
+
+
+def check_array(
+    reftype: str, name: str, array: Any, shape: tuple[int, ...], dtype: Any | None = None
+) -> np.ndarray:
+    """Return ``array`` as ndarray after checking its shape (and dtype kind).
+
+    Raises
+    ------
+    ReferenceFileError
+        If the shape or dtype does not match the exposure.
+    """
+    if array is None:
+        raise ReferenceFileError(f"{reftype} reference has no {name} array")
+    arr = np.asarray(array)
+    if arr.shape != tuple(shape):
+        raise ReferenceFileError(f"{reftype} reference {name} has shape {arr.shape}, the exposure needs {tuple(shape)}")
+    if dtype is not None and np.dtype(arr.dtype).kind != np.dtype(dtype).kind:
+        raise ReferenceFileError(f"{reftype} reference {name} has dtype {arr.dtype}, expected {np.dtype(dtype).name}")
+    return arr

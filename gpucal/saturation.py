@@ -1,0 +1,55 @@
+"""saturation: flag saturated and A/D-floor resultants (ref: SATURATION)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from gpucal.params import StepParams, param
+from gpucal.readpattern import read_timing
+from gpucal.refs import check_array, open_reference
+from gpucal.stepbase import Step
+
+__all__ = ["SaturationStep", "SaturationParams"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SaturationParams(StepParams):
+    n_pix_grow_sat: int = param(0, "Also flag pixels within this many pixels of a saturated one.")
+    backup: int = param(0, "Flag saturation this many resultants earlier in multi-read resultants.")
+    override_saturation: str | None = param(None, "SATURATION reference file to use instead of CRDS's choice.")
+
+
+class SaturationStep(Step):
+    """Flag resultants at or above the saturation threshold, and below the A/D floor."""
+
+    class_alias = "saturation"
+    cal_step_key = "saturation"
+    reference_file_types = ("saturation",)
+    Params = SaturationParams
+    default_suffix = "saturation"
+
+    def process(self, model: Any) -> Any:
+        refs = self.resolve_references(model)
+        if not refs["saturation"].available:
+            log.warning("No SATURATION reference: step skipped")
+            model.meta.cal_step.saturation = "SKIPPED"
+            return model
+        ref = open_reference(refs["saturation"], model)
+        k, ny, nx = model.data.shape
+        threshold = check_array("saturation", "data", ref.data, (ny, nx), np.float32).astype(np.float32, copy=False)
+        ref_dq = check_array("saturation", "dq", ref.dq, (ny, nx), np.uint32).astype(np.uint32, copy=False)
+        timing = read_timing(model.meta.exposure.read_pattern, float(model.meta.exposure.frame_time))
+        result = self.backend.saturation(
+            model.data, model.groupdq, model.pixeldq, threshold, ref_dq, timing,
+            self.params.n_pix_grow_sat, self.params.backup,
+        )
+        model.groupdq = result.groupdq
+        model.pixeldq = result.pixeldq
+        model.meta.cal_step.saturation = "COMPLETE"
+        return model

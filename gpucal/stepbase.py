@@ -1,0 +1,268 @@
+"""The Step base class: parameters, reference files, metadata, skipping and saving.
+
+Array work is not done here: each step's :meth:`Step.process` calls one function of the
+backend chosen once at the start of the run (``self.backend``).  The behaviour mirrors
+stpipe/romancal: a step inside a pipeline honours ``skip`` and writes
+``meta.cal_step.<key> = "SKIPPED"``; a step run on its own ignores ``skip``; results are
+saved when ``save_results`` or ``output_file`` is set (``strun`` forces it on the top step).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from gpucal.errors import GpucalError, InputFileError
+from gpucal.naming import output_name
+from gpucal.params import StepParams, build_params
+
+__all__ = ["Step", "CAL_STEP_KEYS", "set_cal_step"]
+
+log = logging.getLogger(__name__)
+
+# The 16 keys the l2_cal_step schema requires (rad 1.1).
+CAL_STEP_KEYS = (
+    "assign_wcs",
+    "dark",
+    "dark_decay",
+    "dq_init",
+    "flat_field",
+    "flux",
+    "linearity",
+    "outlier_detection",
+    "photom",
+    "source_catalog",
+    "ramp_fit",
+    "refpix",
+    "saturation",
+    "skymatch",
+    "tweakreg",
+    "wfi18_transient",
+)
+
+
+def set_cal_step(model: Any, key: str, value: str) -> None:
+    """Set ``meta.cal_step[key]`` where the model has a cal_step block."""
+    meta = model.meta
+    if "cal_step" not in meta:
+        return
+    meta.cal_step[key] = value
+
+
+class Step:
+    """Base class of gpucal's steps and pipeline."""
+
+    #: romancal's class alias (``strun`` name)
+    class_alias: ClassVar[str] = ""
+    #: key of ``meta.cal_step`` this step writes
+    cal_step_key: ClassVar[str] = ""
+    #: reference types, as CRDS names them (each has an ``override_<reftype>`` parameter)
+    reference_file_types: ClassVar[tuple[str, ...]] = ()
+    #: the frozen dataclass of this step's parameters
+    Params: ClassVar[type[StepParams]] = StepParams
+    #: suffix of a saved result
+    default_suffix: ClassVar[str] = ""
+    #: name the output after ``meta.filename`` (the pipeline) rather than the input file
+    output_use_model: ClassVar[bool] = False
+
+    def __init__(self, params: StepParams | None = None, *, name: str | None = None, parent: Step | None = None):
+        self.params = params if params is not None else self.Params()
+        self.name = name or self.class_alias
+        self.parent = parent
+        self.backend: Any = None
+        self.input_path: str | None = None
+        self.ref_records: dict[str, str] = {}
+        self.timings: dict[str, float] = {}
+
+    # ----------------------------------------------------------------- construction
+    @classmethod
+    def from_values(cls, values: dict[str, Any] | None = None, **kwargs: Any) -> Step:
+        """Build the step from parameter values (typed or text)."""
+        merged = {**(values or {}), **kwargs}
+        return cls(build_params(cls.Params, merged))
+
+    @classmethod
+    def call(cls, input: Any, config_file: str | None = None, **kwargs: Any) -> Any:
+        """Run the step on ``input`` (a file path or a model) and return the result model.
+
+        ``config_file`` is a parameter file (ASDF/YAML/INI as stpipe writes them); keyword
+        arguments override it.  Nothing is saved unless ``save_results=True`` or
+        ``output_file`` is given.
+        """
+        values: dict[str, Any] = {}
+        if config_file is not None:
+            from gpucal.config import read_parameter_file
+
+            _, values = read_parameter_file(config_file)
+        values = _merge(values, kwargs)
+        return cls.from_values(values).run(input)
+
+    # ----------------------------------------------------------------------- running
+    def search_attr(self, name: str) -> Any:
+        step: Step | None = self
+        while step is not None:
+            value = getattr(step.params, name, None)
+            if value is not None:
+                return value
+            step = step.parent
+        return None
+
+    def reference_overrides(self) -> dict[str, str | None]:
+        return {rt: getattr(self.params, f"override_{rt}", None) for rt in self.reference_file_types}
+
+    def open_input(self, input: Any) -> Any:
+        """A model from a path (checked) or the model itself."""
+        if isinstance(input, str | os.PathLike):
+            path = Path(input)
+            input_dir = self.params.input_dir
+            if input_dir and not path.is_absolute():
+                path = Path(input_dir) / path
+            from gpucal.io import open_model
+
+            self.input_path = str(path)
+            return open_model(path)
+        if input is None:
+            raise InputFileError("no input given")
+        return input
+
+    def run(self, input: Any) -> Any:
+        """Run the step: resolve the backend (top level), process, finalize, save."""
+        top = self.parent is None
+        if top:
+            from gpucal.backends.select import select_backend
+
+            self.backend = select_backend(self.params.backend)
+        else:
+            self.backend = self.parent.backend
+        model = self.open_input(input)
+        if not top and self.params.skip:
+            log.info("Step %s skipped.", self.name)
+            set_cal_step(model, self.cal_step_key, "SKIPPED")
+            return model
+        if top and self.params.skip:
+            log.info("Step %s run as standalone: skip ignored.", self.name)
+        log.info("Step %s running with backend %s.", self.name, self.backend.name)
+        start = time.perf_counter()
+        ctx = _cal_log_context() if top else contextlib.nullcontext([])
+        with ctx as lines:
+            result = self.process(model)
+            self.finalize(result)
+            elapsed = time.perf_counter() - start
+            self.timings[self.name] = elapsed
+            log.info("Step %s done in %.2f s", self.name, elapsed)
+            if top:
+                self.finalize_top(result, lines)
+        if self.params.save_results or self.params.output_file:
+            self.save(result)
+        return result
+
+    def process(self, model: Any) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- references
+    def resolve_references(self, model: Any, reftypes: tuple[str, ...] | None = None) -> dict[str, Any]:
+        from gpucal.refs import resolve
+
+        wanted = self.reference_file_types if reftypes is None else reftypes
+        resolved = resolve(model, wanted, self.reference_overrides())
+        for reftype, res in resolved.items():
+            self.ref_records[reftype] = res.record
+        return resolved
+
+    # ------------------------------------------------------------------ metadata
+    def finalize(self, model: Any) -> None:
+        """Software version, backend and reference-file records (romancal's finalize)."""
+        from gpucal import __version__
+
+        meta = model.meta
+        meta.calibration_software_name = "gpucal"
+        meta.calibration_software_version = __version__
+        meta["gpucal"] = {"version": __version__, "backend": getattr(self.backend, "name", "cpu")}
+        device = getattr(self.backend, "device_name", None)
+        if device:
+            meta.gpucal["device"] = device
+        if self.ref_records and "ref_file" in meta:
+            for reftype, record in self.ref_records.items():
+                if reftype in meta.ref_file:
+                    meta.ref_file[reftype] = record
+            if any(r.startswith("crds://") for r in self.ref_records.values()):
+                from gpucal.crds_local import crds_info
+
+                version, context = crds_info()
+                meta.ref_file.crds = {"version": version, "context": context}
+
+    def finalize_top(self, model: Any, lines: list[str]) -> None:
+        """Logs and statistics on an image product, done once at the end of the run."""
+        if type(model).__name__ == "ImageModel":
+            from gpucal.image import image_statistics
+
+            model.meta.statistics = image_statistics(model)
+            model.meta.cal_logs = list(lines)
+
+    # -------------------------------------------------------------------- saving
+    def output_path(self, model: Any, suffix: str | None = None) -> Path:
+        """Where a result is saved (stpipe's rules, romancal's known suffixes)."""
+        if self.output_use_model:
+            base = str(model.meta.filename)
+        else:
+            base = self.search_attr("output_file") or self._primary_input() or str(model.meta.filename)
+        chosen = suffix or self.params.suffix or self.default_suffix or self.name
+        out_dir = self.search_attr("output_dir") or "."
+        out_dir = os.path.expandvars(os.path.expanduser(out_dir))
+        return Path(out_dir) / output_name(base, chosen, self.params.output_ext)
+
+    def _primary_input(self) -> str | None:
+        step: Step | None = self
+        while step is not None:
+            if step.input_path:
+                return step.input_path
+            step = step.parent
+        return None
+
+    def save(self, model: Any, suffix: str | None = None) -> Path:
+        from gpucal.io import write_model
+
+        path = self.output_path(model, suffix)
+        return write_model(model, path)
+
+    # --------------------------------------------------------------- description
+    @classmethod
+    def parameter_names(cls) -> list[str]:
+        return [f.name for f in fields(cls.Params)]
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if key == "steps" and isinstance(value, dict):
+            steps = {k: dict(v) for k, v in out.get("steps", {}).items()}
+            for name, vals in value.items():
+                steps.setdefault(name, {}).update(vals)
+            out["steps"] = steps
+        else:
+            out[key] = value
+    return out
+
+
+@contextlib.contextmanager
+def _cal_log_context():  # noqa: ANN202
+    from gpucal.logs import capture_cal_logs
+
+    with capture_cal_logs() as lines:
+        yield lines
+
+
+def as_float32(array: Any) -> np.ndarray:
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def require(condition: bool, message: str) -> None:
+    if not condition:
+        raise GpucalError(message)
