@@ -1,0 +1,220 @@
+"""linearity: read-level non-linearity correction with inverse linearity and INL (§6).
+
+romancal 1.1.0 calls stcal 1.20 ``linearity_correction`` with the LINEARITY coefficients
+``c`` and the INVERSELINEARITY coefficients ``i`` (polynomials ``P(v) = sum_j c_j v^j``,
+evaluated by Horner from the highest order), the read pattern and, when an
+INTEGRALNONLINEARITY file exists, a per-channel lookup.
+
+Coefficient preparation (both sets, each against the LINEARITY dq): pixeldq |= lin_dq;
+pixels with NO_LIN_CORR in lin_dq, then pixels with a NaN coefficient, then pixels whose
+linear term is 0 get the identity polynomial (c_1 = 1, others 0); the last two also get
+NO_LIN_CORR in pixeldq.
+
+Per pixel, with m_k the mean read number of resultant k:
+
+* n = (resultants without SATURATED) - 1, at least 2; L = n - 1;
+* F_0 = P_c(D_0), F_L = P_c(D_L), each left as D where that resultant is SATURATED
+  (float32 Horner), rate = (F_L - F_0) / (m_L - m_0) (float32 difference, float64 rate);
+* for resultant k and each read r of it: u_r = P_i(F_0 + rate (r - m_0)) (float64);
+  u_r += D_k - mean_r u_r; u_r += INL_channel(u_r) if an INL table is given;
+  D_k = float32(mean_r P_c(u_r)) unless resultant k is SATURATED.
+
+Without inverse coefficients every unsaturated resultant is simply P_c(D_k) (float32).
+Afterwards (romancal) values with |D| > 1e6 are clipped to +-1e6 and get DO_NOT_USE.
+
+The INL channel of a value is that of its *frame* column: romancal builds the lookup for
+the full data width (reference columns included), channel ``c`` covering columns
+``c w .. c w + w - 1`` with w = 128.  A table row that is all NaN means "no correction"
+(a gpucal convention; real tables have none).
+
+Work proceeds in row blocks, each with its own copy of the coefficients, so the reference
+arrays are never modified and temporaries stay at (reads x block) size.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gpucal.backends.protocol import InlTable, LinearityResult
+from gpucal.dq import GroupFlag, PixelFlag
+from gpucal.readpattern import ReadTiming
+
+__all__ = ["linearity", "CLIP_LIMIT"]
+
+#: romancal clips linearised values beyond this magnitude (DN) and flags them DO_NOT_USE.
+CLIP_LIMIT = 1e6
+
+_SAT = np.uint8(GroupFlag.SATURATED)
+_DNU = np.uint8(GroupFlag.DO_NOT_USE)
+_NO_LIN_CORR = np.uint32(PixelFlag.NO_LIN_CORR)
+_BLOCK_PIXELS = 1 << 18  # pixels per row block
+
+
+def linearity(
+    data: np.ndarray,
+    groupdq: np.ndarray,
+    pixeldq: np.ndarray,
+    lin_coeffs: np.ndarray,
+    ilin_coeffs: np.ndarray | None,
+    lin_dq: np.ndarray,
+    inl: InlTable | None,
+    timing: ReadTiming,
+) -> LinearityResult:
+    """Correct every unsaturated resultant for classic and integral non-linearity.
+
+    Parameters
+    ----------
+    data : ndarray, shape (K, ny, nx), float32
+        Resultants (DN), corrected in place.
+    groupdq : ndarray, shape (K, ny, nx), uint8
+        Group DQ; SATURATED resultants are left unchanged, clipped values get DO_NOT_USE.
+    pixeldq : ndarray, shape (ny, nx), uint32
+        Pixel DQ; the returned one has lin_dq and NO_LIN_CORR OR-ed in.
+    lin_coeffs : ndarray, shape (ncoeff, ny, nx), float32
+        LINEARITY coefficients, constant term first.  Not modified.
+    ilin_coeffs : ndarray, shape (ncoeff_i, ny, nx), float32, or None
+        INVERSELINEARITY coefficients; None selects the per-resultant correction.
+    lin_dq : ndarray, shape (ny, nx), uint32
+        LINEARITY reference DQ (also used for the inverse coefficients).
+    inl : InlTable or None
+        Integral non-linearity lookup (read-level path only).
+    timing : ReadTiming
+        The exposure's read pattern.
+
+    Returns
+    -------
+    LinearityResult
+        ``data`` float32, ``groupdq`` uint8, ``pixeldq`` uint32.
+    """
+    nres, ny, nx = data.shape
+    pattern = timing.read_pattern
+    if len(pattern) != nres:
+        raise ValueError(f"read pattern has {len(pattern)} resultants, data has {nres}")
+    if ilin_coeffs is not None and nres < 2:
+        raise ValueError("read-level linearity needs at least 2 resultants")
+    if inl is not None and ilin_coeffs is not None:
+        _check_inl(inl, nx)
+
+    lin_dq = np.asarray(lin_dq)
+    flagged = (lin_dq & _NO_LIN_CORR) == _NO_LIN_CORR
+    pixeldq = np.bitwise_or(pixeldq, lin_dq, dtype=np.uint32)
+    mean_read = np.array([np.mean(reads) for reads in pattern])
+
+    rows = max(1, _BLOCK_PIXELS // max(nx, 1))
+    for r0 in range(0, ny, rows):
+        r1 = min(r0 + rows, ny)
+        block = slice(r0, r1)
+        lin, bad = _prepare(lin_coeffs[:, block], flagged[block])
+        pixeldq[block][bad] |= _NO_LIN_CORR
+        if ilin_coeffs is None:
+            _classic(data[:, block], groupdq[:, block], lin)
+        else:
+            ilin, bad = _prepare(ilin_coeffs[:, block], flagged[block])
+            pixeldq[block][bad] |= _NO_LIN_CORR
+            _read_level(data[:, block], groupdq[:, block], lin, ilin, inl, pattern, mean_read)
+        _clip(data[:, block], groupdq[:, block])
+    return LinearityResult(data, groupdq, pixeldq)
+
+
+def _prepare(coeffs: np.ndarray, flagged: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Copy of a block of coefficients with bad pixels made the identity; and those pixels.
+
+    Returns the coefficients and the pixels that need NO_LIN_CORR added (NaN or zero
+    linear term; pixels already flagged NO_LIN_CORR carry the flag from lin_dq).
+    """
+    coeffs = np.array(coeffs)
+    has_nan = np.isnan(coeffs).any(axis=0)
+    zero = (coeffs[1] == 0) & ~flagged & ~has_nan
+    identity = flagged | has_nan | zero
+    if identity.any():
+        coeffs[:, identity] = 0
+        coeffs[1, identity] = 1
+    return coeffs, has_nan | zero
+
+
+def _horner(values: np.ndarray, coeffs: np.ndarray) -> np.ndarray:
+    """``sum_j coeffs[j] values**j`` by Horner's rule, in the promoted dtype of the two."""
+    n = coeffs.shape[0]
+    result = coeffs[n - 1] * values
+    for j in range(n - 2, 0, -1):
+        result += coeffs[j]
+        result *= values
+    result += coeffs[0]
+    return result
+
+
+def _classic(data: np.ndarray, groupdq: np.ndarray, lin: np.ndarray) -> None:
+    for k in range(data.shape[0]):
+        corrected = _horner(data[k], lin)
+        np.copyto(data[k], corrected, where=(groupdq[k] & _SAT) == 0)
+
+
+def _read_level(
+    data: np.ndarray,
+    groupdq: np.ndarray,
+    lin: np.ndarray,
+    ilin: np.ndarray,
+    inl: InlTable | None,
+    pattern: tuple[tuple[int, ...], ...],
+    mean_read: np.ndarray,
+) -> None:
+    nres = data.shape[0]
+    saturated = (groupdq & _SAT) != 0
+    n_unsat = nres - saturated.sum(axis=0, dtype=np.int32) - 1
+    last = np.maximum(n_unsat, 2) - 1
+
+    first_lin = _horner(data[0], lin)
+    np.copyto(first_lin, data[0], where=saturated[0])
+    last_data = np.take_along_axis(data, last[None], axis=0)[0]
+    last_lin = _horner(last_data, lin)
+    np.copyto(last_lin, last_data, where=np.take_along_axis(saturated, last[None], axis=0)[0])
+    rate = (last_lin - first_lin) / (mean_read[last] - mean_read[0])
+    first = first_lin.astype(np.float64)
+    del last_data, last_lin, first_lin
+
+    for k, reads in enumerate(pattern):
+        # means are sums in read order divided by the count, as np.mean over a leading axis
+        unlin = [_horner(first + rate * (read - mean_read[0]), ilin) for read in reads]
+        predicted = np.zeros_like(first)
+        for u in unlin:
+            predicted += u
+        offset = data[k] - predicted / len(reads)
+        total = np.zeros_like(first)
+        for u in unlin:
+            u += offset
+            if inl is not None:
+                u += _inl_lookup(u, inl)
+            total += _horner(u, lin)
+        total /= len(reads)
+        np.copyto(data[k], total, where=~saturated[k], casting="same_kind")
+
+
+def _check_inl(inl: InlTable, nx: int) -> None:
+    needed = -(-nx // inl.channel_width)
+    if inl.corrections.shape[0] < needed:
+        raise ValueError(
+            f"INL table has {inl.corrections.shape[0]} channels; {nx} columns of width "
+            f"{inl.channel_width} need {needed}"
+        )
+
+
+def _inl_lookup(values: np.ndarray, inl: InlTable) -> np.ndarray:
+    """INL correction (DN) of each value from the table of its column's channel."""
+    grid = np.asarray(inl.grid, dtype=np.float32)
+    out = np.zeros_like(values)
+    width = inl.channel_width
+    for c, start in enumerate(range(0, values.shape[-1], width)):
+        table = inl.corrections[c]
+        if np.isnan(table).all():
+            continue
+        cols = slice(start, start + width)
+        out[..., cols] = np.interp(values[..., cols], grid, table)
+    return out
+
+
+def _clip(data: np.ndarray, groupdq: np.ndarray) -> None:
+    for k in range(data.shape[0]):
+        wild = np.abs(data[k]) > CLIP_LIMIT
+        if wild.any():
+            np.clip(data[k], -CLIP_LIMIT, CLIP_LIMIT, out=data[k], where=wild)
+            groupdq[k][wild] |= _DNU
