@@ -125,7 +125,7 @@ def s_region(wcs: Any) -> str | None:
     return "POLYGON ICRS  " + " ".join(f"{v:.9f}" for v in footprint.ravel())
 
 
-class AssignWcsStep(Step):
+class AssignWcsStep(Step[AssignWcsParams]):
     """Attach the exposure's world coordinate system."""
 
     class_alias = "assign_wcs"

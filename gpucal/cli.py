@@ -57,7 +57,7 @@ def configure_logging(level: str = "INFO", log_file: str | None = None, stream: 
 
 
 # ------------------------------------------------------------------ strun: options
-def _option_table(step_cls: type) -> list[tuple[str, str, str, Any]]:
+def _option_table(step_cls: Any) -> list[tuple[str, str, str, Any]]:
     """(option, step key or '', parameter, field) for every parameter of ``step_cls``."""
     rows = [(f"--{f.name}", "", f.name, f) for f in dataclasses.fields(step_cls.Params)]
     for key, sub in getattr(step_cls, "step_defs", {}).items():
@@ -78,7 +78,7 @@ def _help_text(f: Any) -> str:
     return text + describe_default(f.default)
 
 
-def _build_command(name: str, step_cls: type, defaults: dict[str, Any]) -> click.Command:
+def _build_command(name: str, step_cls: Any, defaults: dict[str, Any]) -> click.Command:
     table = _option_table(step_cls)
     params: list[click.Parameter] = [click.Argument(["inputs"], nargs=-1, required=False)]
     for i, (option, _key, _name, f) in enumerate(table):
@@ -123,7 +123,7 @@ def _build_command(name: str, step_cls: type, defaults: dict[str, Any]) -> click
     )
 
 
-def _execute(name: str, step_cls: type, values: dict[str, Any], inputs: list[str],
+def _execute(name: str, step_cls: Any, values: dict[str, Any], inputs: list[str],
              save_parameters: str | None, show_traceback: bool) -> int:
     from gpucal.errors import GpucalError
 
@@ -151,7 +151,7 @@ def _execute(name: str, step_cls: type, values: dict[str, Any], inputs: list[str
     return codes.pop() if len(codes) == 1 else 1
 
 
-def _run_one(step_cls: type, values: dict[str, Any], path: str, show_traceback: bool) -> int:
+def _run_one(step_cls: Any, values: dict[str, Any], path: str, show_traceback: bool) -> int:
     from gpucal.errors import GpucalError
 
     step = step_cls.from_values(values)
@@ -174,7 +174,7 @@ def _run_one(step_cls: type, values: dict[str, Any], path: str, show_traceback: 
     return 0
 
 
-def _save_parameters(step_cls: type, step: Any, path: str) -> None:
+def _save_parameters(step_cls: Any, step: Any, path: str) -> None:
     from gpucal.config import write_parameter_file
 
     def public(obj: Any) -> dict[str, Any]:
@@ -317,15 +317,34 @@ def gpucal_main() -> None:
 @click.option("--log-level", default="INFO", show_default=True)
 def demo(size: str, nresultants: int, seed: int, backend: str, no_run: bool, log_level: str) -> None:
     """Write a synthetic exposure, references and a CRDS cache here, then calibrate it."""
-    from gpucal.demo.run import run_demo
+    from gpucal.demo.run import crds_command_env, prepare_demo, run_demo
 
     configure_logging(log_level)
     try:
         ny, nx = _parse_size(size)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--size") from None
-    status = run_demo(ny=ny, nx=nx, nresultants=nresultants, seed=seed, backend=backend, run=not no_run)
-    sys.exit(status)
+    result = prepare_demo(".", ny=ny, nx=nx, nresultants=nresultants, seed=seed)
+    click.echo(f"Demo exposure: {result.uncal} ({ny}x{nx}, {nresultants} resultants; truth in {result.truth})")
+    click.echo(f"References:    {result.references['mask'].parent}/ (CRDS cache {result.crds_path}, {result.context})")
+    click.echo(f"Generated in {result.generate_seconds:.1f} s")
+    command = f"{crds_command_env(result)} strun roman_elp {result.uncal} --backend={backend}"
+    if no_run:
+        click.echo(f"To calibrate it:\n  {command}")
+        return
+    result = run_demo(result, backend=backend)
+    if result.status:
+        click.echo(f"gpucal demo: error: {result.error}", err=True)
+        sys.exit(result.status)
+    click.echo("\nPer-step time (s):")
+    total = result.step_seconds.pop("roman_elp", sum(result.step_seconds.values()))
+    for step, seconds in result.step_seconds.items():
+        click.echo(f"  {step:<16s}{seconds:9.2f}")
+    click.echo(f"  {'total':<16s}{total:9.2f}")
+    click.echo("\nOutputs:")
+    for path in result.outputs:
+        click.echo(f"  {path.resolve()}")
+    click.echo(f"\nSame run by hand:\n  {command}")
 
 
 def _parse_size(text: str) -> tuple[int, int]:

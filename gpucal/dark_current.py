@@ -23,7 +23,7 @@ class DarkCurrentParams(StepParams):
     override_dark: str | None = param(None, "DARK reference file to use instead of CRDS's choice.")
 
 
-class DarkCurrentStep(Step):
+class DarkCurrentStep(Step[DarkCurrentParams]):
     """Subtract ``dark_slope`` (DN/s) and OR the dark DQ into the image."""
 
     class_alias = "dark"

@@ -24,7 +24,7 @@ class DarkDecayParams(StepParams):
     )
 
 
-class DarkDecayStep(Step):
+class DarkDecayStep(Step[DarkDecayParams]):
     """Subtract A*exp(-t/T) per read, with per-pixel read times, from every resultant."""
 
     class_alias = "dark_decay"

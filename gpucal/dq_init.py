@@ -45,7 +45,7 @@ def to_ramp_model(model: Any) -> Any:
     return ramp
 
 
-class DQInitStep(Step):
+class DQInitStep(Step[DQInitParams]):
     """Convert a Level 1 exposure to a ramp and initialise its data-quality arrays."""
 
     class_alias = "dq_init"

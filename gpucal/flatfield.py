@@ -23,7 +23,7 @@ class FlatFieldParams(StepParams):
     override_flat: str | None = param(None, "FLAT reference file to use instead of CRDS's choice.")
 
 
-class FlatFieldStep(Step):
+class FlatFieldStep(Step[FlatFieldParams]):
     """Divide the image and its errors by the flat; OR the flat DQ in."""
 
     class_alias = "flat_field"

@@ -64,7 +64,7 @@ def load_gain_readnoise(step: Step, model: Any) -> tuple[np.ndarray, np.ndarray]
     return arrays[0], arrays[1]
 
 
-class JumpStep(Step):
+class JumpStep(Step[JumpStepParams]):
     """Flag cosmic-ray jumps between resultants."""
 
     class_alias = "jump"

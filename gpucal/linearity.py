@@ -55,7 +55,7 @@ def inl_table(ref: Any, nx: int) -> InlTable | None:
     return InlTable(grid=grid, corrections=corrections, channel_width=nx // nch)
 
 
-class LinearityStep(Step):
+class LinearityStep(Step[LinearityParams]):
     """Correct resultants for classic non-linearity at the level of individual reads."""
 
     class_alias = "linearity"

@@ -26,7 +26,7 @@ def _number(value: Any) -> float | None:
     return float(getattr(value, "value", value))
 
 
-class PhotomStep(Step):
+class PhotomStep(Step[PhotomParams]):
     """Copy photmjsr, its uncertainty and the pixel area of the exposure's filter into
     ``meta.photometry``; the arrays stay in DN/s, as in romancal."""
 

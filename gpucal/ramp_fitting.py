@@ -42,7 +42,7 @@ class RampFitStepParams(StepParams):
     override_gain: str | None = param(None, "GAIN reference file to use instead of CRDS's choice.")
 
 
-class RampFitStep(Step):
+class RampFitStep(Step[RampFitStepParams]):
     """Fit a slope to every pixel's ramp and build the Level 2 image."""
 
     class_alias = "ramp_fit"

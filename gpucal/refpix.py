@@ -32,7 +32,7 @@ class RefPixParams(StepParams):
     override_refpix: str | None = param(None, "REFPIX reference file to use instead of CRDS's choice.")
 
 
-class RefPixStep(Step):
+class RefPixStep(Step[RefPixParams]):
     """Remove correlated read noise using the reference border and the amp33 output."""
 
     class_alias = "refpix"

@@ -87,13 +87,13 @@ def resolve(model: Any, reftypes: Iterable[str], overrides: dict[str, str | None
 
         found = best_references(crds_parameters(model), ask)
         for reftype in ask:
-            path = found.get(reftype, "N/A")
-            if "N/A" in str(path).upper():
+            chosen = str(found.get(reftype, "N/A"))
+            if "N/A" in chosen.upper():
                 out[reftype] = Resolved(reftype, "N/A", "N/A")
             else:
-                if not Path(path).is_file():
-                    raise ReferenceFileError(f"CRDS selected {Path(path).name} for {reftype} but it is not readable")
-                out[reftype] = Resolved(reftype, str(path), f"crds://{Path(path).name}")
+                if not Path(chosen).is_file():
+                    raise ReferenceFileError(f"CRDS selected {Path(chosen).name} for {reftype} but it is not readable")
+                out[reftype] = Resolved(reftype, chosen, f"crds://{Path(chosen).name}")
         for reftype in ask:
             log.info("Using %s reference file %s", reftype.upper(), out[reftype].record)
     return out

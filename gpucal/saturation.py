@@ -25,7 +25,7 @@ class SaturationParams(StepParams):
     override_saturation: str | None = param(None, "SATURATION reference file to use instead of CRDS's choice.")
 
 
-class SaturationStep(Step):
+class SaturationStep(Step[SaturationParams]):
     """Flag resultants at or above the saturation threshold, and below the A/D floor."""
 
     class_alias = "saturation"

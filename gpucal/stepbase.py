@@ -15,7 +15,7 @@ import os
 import time
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import numpy as np
 
@@ -56,8 +56,11 @@ def set_cal_step(model: Any, key: str, value: str) -> None:
     meta.cal_step[key] = value
 
 
-class Step:
-    """Base class of gpucal's steps and pipeline."""
+P = TypeVar("P", bound=StepParams)
+
+
+class Step(Generic[P]):
+    """Base class of gpucal's steps and pipeline (generic in its parameter class)."""
 
     #: romancal's class alias (``strun`` name)
     class_alias: ClassVar[str] = ""
@@ -72,8 +75,8 @@ class Step:
     #: name the output after ``meta.filename`` (the pipeline) rather than the input file
     output_use_model: ClassVar[bool] = False
 
-    def __init__(self, params: StepParams | None = None, *, name: str | None = None, parent: Step | None = None):
-        self.params = params if params is not None else self.Params()
+    def __init__(self, params: P | None = None, *, name: str | None = None, parent: Step | None = None):
+        self.params: P = params if params is not None else self.Params()  # type: ignore[assignment]
         self.name = name or self.class_alias
         self.parent = parent
         self.backend: Any = None
@@ -83,10 +86,10 @@ class Step:
 
     # ----------------------------------------------------------------- construction
     @classmethod
-    def from_values(cls, values: dict[str, Any] | None = None, **kwargs: Any) -> Step:
+    def from_values(cls, values: dict[str, Any] | None = None, **kwargs: Any) -> Step[Any]:
         """Build the step from parameter values (typed or text)."""
         merged = {**(values or {}), **kwargs}
-        return cls(build_params(cls.Params, merged))
+        return cls(build_params(cls.Params, merged))  # type: ignore[arg-type]
 
     @classmethod
     def call(cls, input: Any, config_file: str | None = None, **kwargs: Any) -> Any:
@@ -140,6 +143,7 @@ class Step:
 
             self.backend = select_backend(self.params.backend)
         else:
+            assert self.parent is not None
             self.backend = self.parent.backend
         model = self.open_input(input)
         if not top and self.params.skip:
@@ -150,7 +154,7 @@ class Step:
             log.info("Step %s run as standalone: skip ignored.", self.name)
         log.info("Step %s running with backend %s.", self.name, self.backend.name)
         start = time.perf_counter()
-        ctx = _cal_log_context() if top else contextlib.nullcontext([])
+        ctx: contextlib.AbstractContextManager[list[str]] = _cal_log_context() if top else contextlib.nullcontext([])
         with ctx as lines:
             result = self.process(model)
             self.finalize(result)
@@ -251,12 +255,10 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-@contextlib.contextmanager
-def _cal_log_context():  # noqa: ANN202
+def _cal_log_context() -> contextlib.AbstractContextManager[list[str]]:
     from gpucal.logs import capture_cal_logs
 
-    with capture_cal_logs() as lines:
-        yield lines
+    return capture_cal_logs()
 
 
 def as_float32(array: Any) -> np.ndarray:

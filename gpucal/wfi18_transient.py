@@ -20,7 +20,7 @@ class WFI18TransientParams(StepParams):
     mask_rows: bool = param(False, "Flag the affected rows of the first resultant instead of fitting.")
 
 
-class WFI18TransientStep(Step):
+class WFI18TransientStep(Step[WFI18TransientParams]):
     """Fit and subtract the transient of detector WFI18 (N/A for other detectors)."""
 
     class_alias = "wfi18_transient"

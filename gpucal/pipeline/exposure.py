@@ -39,7 +39,7 @@ __all__ = ["ExposurePipeline", "ExposurePipelineParams", "STEP_DEFS", "IMAGING_T
 
 log = logging.getLogger(__name__)
 
-STEP_DEFS: dict[str, type[Step]] = {
+STEP_DEFS: dict[str, type[Step[Any]]] = {
     "dq_init": DQInitStep,
     "saturation": SaturationStep,
     "refpix": RefPixStep,
@@ -68,7 +68,7 @@ class ExposurePipelineParams(StepParams):
     save_calibrated_ramp: bool = param(False, "Also save the calibrated ramp fed to ramp fitting (<root>_ramp.asdf).")
 
 
-class ExposurePipeline(Step):
+class ExposurePipeline(Step[ExposurePipelineParams]):
     """Calibrate a Roman WFI exposure from Level 1 resultants to a Level 2 image."""
 
     class_alias = "roman_elp"
@@ -76,11 +76,11 @@ class ExposurePipeline(Step):
     Params = ExposurePipelineParams
     default_suffix = "cal"
     output_use_model = True
-    step_defs: ClassVar[dict[str, type[Step]]] = STEP_DEFS
+    step_defs: ClassVar[dict[str, type[Step[Any]]]] = STEP_DEFS
 
     def __init__(
         self,
-        params: StepParams | None = None,
+        params: ExposurePipelineParams | None = None,
         *,
         steps: dict[str, StepParams] | None = None,
         name: str | None = None,
@@ -88,7 +88,7 @@ class ExposurePipeline(Step):
     ):
         super().__init__(params, name=name, parent=parent)
         steps = steps or {}
-        self.steps: dict[str, Step] = {
+        self.steps: dict[str, Step[Any]] = {
             key: cls(steps.get(key), name=key, parent=self) for key, cls in self.step_defs.items()
         }
 
