@@ -133,6 +133,7 @@ class AssignWcsStep(Step[AssignWcsParams]):
     reference_file_types = ("distortion",)
     Params = AssignWcsParams
     default_suffix = "assignwcs"
+    accepts = ("ImageModel",)
 
     def process(self, model: Any) -> Any:
         refs = self.resolve_references(model)

@@ -564,14 +564,24 @@ class _ErrorCollector(logging.Handler):
 
 @contextlib.contextmanager
 def _crds_errors_into(sink: list[str]) -> Iterator[None]:
-    """Collect the ERROR/FATAL messages crds logs (logger "CRDS", not propagated)."""
+    """Collect the ERROR/FATAL messages crds logs (logger "CRDS", not propagated).
+
+    crds's own console handler is detached meanwhile (romancal does the same): its
+    messages, tracebacks included, would otherwise break the one-line error contract;
+    what matters reaches the user through gpucal's error message.
+    """
     handler = _ErrorCollector(sink)
     crds_logger = logging.getLogger("CRDS")
+    consoles = [h for h in crds_logger.handlers if isinstance(h, logging.StreamHandler)]
+    for console in consoles:
+        crds_logger.removeHandler(console)
     crds_logger.addHandler(handler)
     try:
         yield
     finally:
         crds_logger.removeHandler(handler)
+        for console in consoles:
+            crds_logger.addHandler(console)
 
 
 def _describe(exc: BaseException, errors: Sequence[str]) -> str:

@@ -31,6 +31,7 @@ class DarkCurrentStep(Step[DarkCurrentParams]):
     reference_file_types = ("dark",)
     Params = DarkCurrentParams
     default_suffix = "darkcurrent"
+    accepts = ("ImageModel",)
 
     def process(self, model: Any) -> Any:
         refs = self.resolve_references(model)

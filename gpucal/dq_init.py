@@ -53,6 +53,7 @@ class DQInitStep(Step[DQInitParams]):
     reference_file_types = ("mask",)
     Params = DQInitParams
     default_suffix = "dqinit"
+    accepts = ("ScienceRawModel", "RampModel")
 
     def process(self, model: Any) -> Any:
         source = self.input_path or str(model.meta.get("filename", "input"))

@@ -31,6 +31,7 @@ class FlatFieldStep(Step[FlatFieldParams]):
     reference_file_types = ("flat",)
     Params = FlatFieldParams
     default_suffix = "flat"
+    accepts = ("ImageModel",)
 
     def process(self, model: Any) -> Any:
         refs = self.resolve_references(model)

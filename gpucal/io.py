@@ -59,14 +59,20 @@ def open_model(path: str | os.PathLike[str]) -> Any:
     path = Path(path)
     _sniff(path)
     try:
-        with asdf.open(path, lazy_load=True, memmap=False, lazy_tree=True) as af:
-            has_roman = "roman" in af.tree
+        with asdf.config_context() as cfg:
+            cfg.validate_on_read = False
+            with asdf.open(path, lazy_load=True, memmap=False, lazy_tree=True) as af:
+                has_roman = "roman" in af.tree
     except Exception as exc:  # asdf raises many types for broken files
         raise InputFileError(f"cannot read ASDF file {path}: {_reason(exc)}") from None
     if not has_roman:
         raise InputFileError(f"{path} is an ASDF file but not a Roman datamodel (no 'roman' node)")
     try:
-        model = rdm.open(path)
+        # our own checks come first (a missing science array is "no science data", exit
+        # 64, not a schema error); the schema is validated explicitly below
+        with asdf.config_context() as cfg:
+            cfg.validate_on_read = False
+            model = rdm.open(path)
     except Exception as exc:
         raise InputFileError(f"{path} is not a readable Roman datamodel: {_reason(exc)}") from None
     if not isinstance(model, rdm.DataModel):
@@ -76,6 +82,15 @@ def open_model(path: str | os.PathLike[str]) -> Any:
     except Exception as exc:
         model.close()
         raise InputFileError(f"cannot read the arrays of {path} (truncated or corrupt?): {_reason(exc)}") from None
+    data = model._instance.get("data")
+    if data is not None and np.size(data) == 0:
+        raise NoScienceDataError(f"{path} has an empty science data array {np.shape(data)}")
+    if data is None and type(model).__name__ in ("ScienceRawModel", "RampModel", "ImageModel"):
+        raise NoScienceDataError(f"{path} has no science data array")
+    try:
+        model.validate()
+    except Exception as exc:
+        raise InputFileError(f"{path} does not follow its schema: {_reason(exc)}") from None
     return model
 
 

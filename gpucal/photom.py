@@ -35,6 +35,7 @@ class PhotomStep(Step[PhotomParams]):
     reference_file_types = ("photom",)
     Params = PhotomParams
     default_suffix = "photom"
+    accepts = ("ImageModel",)
 
     def process(self, model: Any) -> Any:
         refs = self.resolve_references(model)

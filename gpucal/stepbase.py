@@ -74,6 +74,8 @@ class Step(Generic[P]):
     default_suffix: ClassVar[str] = ""
     #: name the output after ``meta.filename`` (the pipeline) rather than the input file
     output_use_model: ClassVar[bool] = False
+    #: model classes this step takes as input
+    accepts: ClassVar[tuple[str, ...]] = ("RampModel",)
 
     def __init__(self, params: P | None = None, *, name: str | None = None, parent: Step | None = None):
         self.params: P = params if params is not None else self.Params()  # type: ignore[assignment]
@@ -146,6 +148,12 @@ class Step(Generic[P]):
             assert self.parent is not None
             self.backend = self.parent.backend
         model = self.open_input(input)
+        kind = type(model).__name__
+        if kind not in self.accepts:
+            source = self.input_path or "the input"
+            raise InputFileError(
+                f"{source} holds a {kind}; {self.class_alias} needs a {' or '.join(self.accepts)}"
+            )
         if not top and self.params.skip:
             log.info("Step %s skipped.", self.name)
             set_cal_step(model, self.cal_step_key, "SKIPPED")

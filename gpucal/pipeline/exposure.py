@@ -75,6 +75,7 @@ class ExposurePipeline(Step[ExposurePipelineParams]):
     cal_step_key = ""
     Params = ExposurePipelineParams
     default_suffix = "cal"
+    accepts = ("ScienceRawModel", "RampModel")
     output_use_model = True
     step_defs: ClassVar[dict[str, type[Step[Any]]]] = STEP_DEFS
 
