@@ -56,8 +56,8 @@ class RampFitParams:
 
     ``threshold_intercept`` / ``threshold_constant``: ols_cas22 jump thresholds
     (defaults 5.5 and 1/3 when None). ``use_ramp_jump_detection``: jump search inside the
-    fit (ols_cas22 and likely). ``rejection_threshold`` is ignored by likely, which, as in
-    romancal 1.1.0, always uses 4.5.
+    ols_cas22 fit.  ``likely`` ignores both it and ``rejection_threshold``: as in
+    romancal 1.1.0 it always searches for jumps at 4.5 sigma.
     """
 
     use_ramp_jump_detection: bool = True

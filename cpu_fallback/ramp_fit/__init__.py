@@ -1,0 +1,11 @@
+"""NumPy ramp fits: ``likely`` (Brandt 2024) and ``ols_cas22`` (Casertano 2022).
+
+Both take ``(data, groupdq, pixeldq, readnoise, gain, timing, params)`` and return a
+:class:`gpucal.backends.protocol.RampFitResult`; they reproduce romancal 1.1.0 /
+stcal 1.20.0 (spec algorithms.md §7.1, §7.2), vectorised over pixels in row blocks.
+"""
+
+from cpu_fallback.ramp_fit.likely import fit_likely
+from cpu_fallback.ramp_fit.ols_cas22 import fit_ols_cas22
+
+__all__ = ["fit_likely", "fit_ols_cas22"]
