@@ -121,6 +121,7 @@ def test_foreign_names_are_handed_to_stpipe(tmp_path):
                 """Write a marker file."""
                 spec = """
                     marker = string(default="none")
+                    output_ext = string(default=".txt")
                 """
 
                 def process(self, *args):
