@@ -270,6 +270,10 @@ def run_strun(argv: list[str]) -> int:
         _error(f"unknown step or pipeline {name!r}; gpucal provides: " + ", ".join(known_names()))
         return EXIT_USAGE
     step_cls = load_class(target)
+    if defaults:
+        from gpucal.config import adapt_file_values
+
+        defaults = adapt_file_values(step_cls, defaults, name)
     command = _build_command(f"strun {name}", step_cls, defaults)
     try:
         rv = command.main(args=before + rest, prog_name=f"strun {name}", standalone_mode=False)

@@ -7,12 +7,24 @@ parameters and, for a pipeline, ``values["steps"] = {step: {param: value}}``.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from pathlib import Path
 from typing import Any
 
 from gpucal.errors import ParameterError
 
-__all__ = ["read_parameter_file", "write_parameter_file", "is_parameter_file"]
+__all__ = ["read_parameter_file", "write_parameter_file", "is_parameter_file", "adapt_file_values"]
+
+log = logging.getLogger(__name__)
+
+# stpipe parameters every step has that change nothing in gpucal's runs
+_STPIPE_GENERIC = {
+    "pre_hooks", "post_hooks", "output_use_model", "output_use_index", "search_output_file",
+    "update_version", "config_file", "name", "class",
+}
+# romancal steps gpucal does not run (the cal file is gpucal's product)
+_NOT_IN_GPUCAL = {"source_catalog", "tweakreg"}
 
 _ASDF_MAGIC = b"#ASDF"
 _IGNORED = {"class", "name"}
@@ -133,3 +145,36 @@ def write_parameter_file(path: str | Path, class_path: str, name: str, values: d
             {"class": cls, "name": key, "parameters": dict(vals)} for key, (cls, vals) in steps.items()
         ]
     asdf.AsdfFile(tree).write_to(str(path))
+
+
+def adapt_file_values(step_cls: Any, values: dict[str, Any], source: str) -> dict[str, Any]:
+    """Fit a parameter file's values to ``step_cls`` as stpipe would read them.
+
+    stpipe's generic parameters that do nothing here are dropped, as are romancal's
+    source_catalog and tweakreg steps (not part of gpucal); any other parameter gpucal
+    does not know is dropped with a warning naming it.  The command line stays strict.
+    """
+
+    def fit(cls: Any, vals: dict[str, Any], where: str) -> dict[str, Any]:
+        known = {f.name for f in dataclasses.fields(cls)}
+        out = {}
+        for key, value in vals.items():
+            if key in known:
+                out[key] = value
+            elif key not in _STPIPE_GENERIC:
+                log.warning("%s: parameter %s%s is not used by gpucal; ignored", source, where, key)
+        return out
+
+    out = fit(step_cls.Params, {k: v for k, v in values.items() if k != "steps"}, "")
+    step_defs = getattr(step_cls, "step_defs", None)
+    if step_defs is not None and values.get("steps"):
+        steps: dict[str, dict[str, Any]] = {}
+        for name, vals in values["steps"].items():
+            if name in step_defs:
+                steps[name] = fit(step_defs[name].Params, vals, f"steps.{name}.")
+            elif name in _NOT_IN_GPUCAL:
+                log.info("%s: step %s is not part of gpucal; its parameters are ignored", source, name)
+            else:
+                log.warning("%s: unknown step %s; ignored", source, name)
+        out["steps"] = steps
+    return out
