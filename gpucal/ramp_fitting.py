@@ -11,8 +11,6 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from gpucal.backends.protocol import RampFitParams
 from gpucal.errors import ParameterError
 from gpucal.image import create_image_model, jump_indices
@@ -80,7 +78,3 @@ class RampFitStep(Step[RampFitStepParams]):
         image.meta.cal_step.ramp_fit = "COMPLETE"
         return image
 
-
-def ramp_geometry(model: Any) -> tuple[int, int, int]:
-    k, ny, nx = np.shape(model.data)
-    return k, ny, nx

@@ -17,9 +17,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
-import numpy as np
-
-from gpucal.errors import GpucalError, InputFileError
+from gpucal.errors import InputFileError
 from gpucal.naming import output_name
 from gpucal.params import StepParams, build_params
 
@@ -268,11 +266,3 @@ def _cal_log_context() -> contextlib.AbstractContextManager[list[str]]:
 
     return capture_cal_logs()
 
-
-def as_float32(array: Any) -> np.ndarray:
-    return np.ascontiguousarray(array, dtype=np.float32)
-
-
-def require(condition: bool, message: str) -> None:
-    if not condition:
-        raise GpucalError(message)
