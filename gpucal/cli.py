@@ -316,9 +316,10 @@ def gpucal_main() -> None:
 @click.option("--nresultants", type=click.IntRange(4, 10), default=8, show_default=True,
               help="Resultants in the uneven read pattern.")
 @click.option("--seed", type=int, default=1, show_default=True, help="Random seed (same seed, same files).")
-@click.option("--backend", type=click.Choice(["auto", "gpu", "cpu"]), default="auto", show_default=True)
+@click.option("--backend", type=click.Choice(["auto", "gpu", "cpu"]), default="auto", show_default=True,
+              help="Array backend for the calibration run.")
 @click.option("--no-run", is_flag=True, help="Only write the demo data and references.")
-@click.option("--log-level", default="INFO", show_default=True)
+@click.option("--log-level", default="INFO", show_default=True, help="Logging level (DEBUG, INFO, WARNING, ...).")
 def demo(size: str, nresultants: int, seed: int, backend: str, no_run: bool, log_level: str) -> None:
     """Write a synthetic exposure, references and a CRDS cache here, then calibrate it."""
     from gpucal.demo.run import crds_command_env, prepare_demo, run_demo
