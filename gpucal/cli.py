@@ -138,16 +138,40 @@ def _execute(name: str, step_cls: Any, values: dict[str, Any], inputs: list[str]
     except GpucalError as exc:
         _error(str(exc))
         return exc.exit_code
-    failures: list[tuple[str, int]] = []
-    for path in inputs:
-        status = _run_one(step_cls, values, path, show_traceback)
-        if status:
-            failures.append((path, status))
-    if not failures:
+    from gpucal.batch import expand_inputs
+
+    inputs = expand_inputs(inputs)
+    if not inputs:
+        raise click.UsageError("the list file names no inputs")
+    if len(inputs) == 1:
+        return _run_one(step_cls, values, inputs[0], show_traceback)
+    return _run_many(step_cls, values, inputs)
+
+
+def _run_many(step_cls: Any, values: dict[str, Any], inputs: list[str]) -> int:
+    """Batch mode: read ahead and write behind in threads, a progress bar, failures isolated."""
+    import threading
+
+    from gpucal.batch import run_batch
+
+    def make_step() -> Any:
+        return step_cls.from_values(values)  # save_results off: the writer thread saves
+
+    lock = threading.Lock()
+    with click.progressbar(length=len(inputs), label=f"Calibrating {len(inputs)} files", file=sys.stderr,
+                           show_pos=True, show_eta=True) as bar:
+        def done(outcome: Any) -> None:
+            with lock:
+                bar.update(1)
+
+        result = run_batch(inputs, make_step, on_done=done)
+    for outcome in result.failed:
+        _error(outcome.error or f"{outcome.path} failed")
+    n_ok = len(inputs) - len(result.failed)
+    click.echo(f"{n_ok} of {len(inputs)} files calibrated in {result.wall_seconds:.1f} s", err=True)
+    if not result.failed:
         return 0
-    if len(inputs) > 1:
-        _error(f"{len(failures)} of {len(inputs)} inputs failed: " + ", ".join(p for p, _ in failures))
-    codes = {code for _, code in failures}
+    codes = {o.status for o in result.failed}
     return codes.pop() if len(codes) == 1 else 1
 
 
