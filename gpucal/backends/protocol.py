@@ -42,7 +42,7 @@ __all__ = [
 class JumpParams:
     """Thresholds of two-point-difference jump detection (in sigma; neighbours in sigma)."""
 
-    rejection_threshold: float = 4.0
+    rejection_threshold: float = 4.5
     three_group_rejection_threshold: float = 6.0
     four_group_rejection_threshold: float = 5.0
     flag_4_neighbors: bool = True
