@@ -13,6 +13,7 @@ from gpucal.backends.protocol import InlTable
 from gpucal.errors import ReferenceFileError
 from gpucal.params import StepParams, param
 from gpucal.readpattern import read_timing
+from gpucal.refpix import replace_data
 from gpucal.refs import check_array, open_reference
 from gpucal.stepbase import Step
 
@@ -86,7 +87,7 @@ class LinearityStep(Step[LinearityParams]):
         result = self.backend.linearity(
             model.data, model.groupdq, model.pixeldq, lin_coeffs, ilin_coeffs, lin_dq, inl, timing
         )
-        model.data = result.data
+        replace_data(model, result.data)
         model.groupdq = result.groupdq
         model.pixeldq = result.pixeldq
         model.meta.cal_step.linearity = "COMPLETE"

@@ -12,7 +12,7 @@ from gpucal.params import StepParams, param
 from gpucal.refs import check_array, open_reference
 from gpucal.stepbase import Step
 
-__all__ = ["RefPixStep", "RefPixParams"]
+__all__ = ["RefPixStep", "RefPixParams", "replace_data"]
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,33 @@ class RefPixParams(StepParams):
     cosine_interpolate: bool = param(True, "Cosine-interpolate missing amp33 samples.")
     fft_interpolate: bool = param(True, "FFT-interpolate amp33 across the pad pixels.")
     override_refpix: str | None = param(None, "REFPIX reference file to use instead of CRDS's choice.")
+
+
+def replace_data(model: Any, data: Any) -> None:
+    """Set ``model.data``, keeping ``border_ref_pix_left/right`` views of it if they were.
+
+    romancal's refpix leaves the left/right border arrays as views into the corrected
+    data, so the later in-place corrections (dark_decay, wfi18_transient, linearity)
+    show in them and the cal file carries the linearized border columns.  ASDF keeps
+    such views when the ramp is saved and read back; independent copies (dq_init's, or
+    refpix skipped) stay as they are.  gpucal follows whichever it finds, re-binding the
+    views when a step hands back a new data array.
+    """
+    old = model.data
+    aliased = _shares_memory(model._instance.get("border_ref_pix_left"), old)
+    model.data = data
+    if aliased and data is not old:
+        model.border_ref_pix_left = model.data[:, :, :4]
+        model.border_ref_pix_right = model.data[:, :, -4:]
+
+
+def _shares_memory(a: Any, b: Any) -> bool:
+    if a is None or b is None:
+        return False
+    try:
+        return bool(np.may_share_memory(a, b))
+    except TypeError:  # device arrays: no host view to keep
+        return False
 
 
 class RefPixStep(Step[RefPixParams]):
@@ -58,7 +85,8 @@ class RefPixStep(Step[RefPixParams]):
         result = self.backend.refpix(model.data, np.asarray(model.amp33), model.pixeldq, *coeffs)
         model.data = result.data
         model.amp33 = result.amp33
-        model.border_ref_pix_left = model.data[:, :, :4].copy()
-        model.border_ref_pix_right = model.data[:, :, -4:].copy()
+        # views, as romancal's: later in-place corrections show in them (replace_data)
+        model.border_ref_pix_left = model.data[:, :, :4]
+        model.border_ref_pix_right = model.data[:, :, -4:]
         model.meta.cal_step.refpix = "COMPLETE"
         return model

@@ -8,6 +8,7 @@ from typing import Any
 
 from gpucal.params import StepParams, param
 from gpucal.readpattern import read_timing
+from gpucal.refpix import replace_data
 from gpucal.stepbase import Step
 
 __all__ = ["WFI18TransientStep", "WFI18TransientParams"]
@@ -38,7 +39,7 @@ class WFI18TransientStep(Step[WFI18TransientParams]):
         )
         if not fitted:
             log.info("WFI18 transient: first-resultant rows flagged instead of fitted")
-        model.data = data
+        replace_data(model, data)
         model.groupdq = groupdq
         model.meta.cal_step.wfi18_transient = "COMPLETE"
         return model
