@@ -199,7 +199,18 @@ def _check_inl(inl: InlTable, nx: int) -> None:
 
 
 def _inl_lookup(values: np.ndarray, inl: InlTable) -> np.ndarray:
-    """INL correction (DN) of each value from the table of its column's channel."""
+    """INL correction (DN) of each value from the table of its column's channel.
+
+    Bit-identical to ``np.interp(values[..., cols], grid, table)`` per channel (all-NaN
+    tables give 0); uses the arithmetic lookup of ``_UniformInl`` when it applies.
+    """
+    fast = _uniform_inl(inl, values.shape[-1])
+    if fast is not None and values.dtype == np.float64:
+        return fast(values)
+    return _inl_lookup_interp(values, inl)
+
+
+def _inl_lookup_interp(values: np.ndarray, inl: InlTable) -> np.ndarray:
     grid = np.asarray(inl.grid, dtype=np.float32)
     out = np.zeros_like(values)
     width = inl.channel_width
@@ -210,6 +221,120 @@ def _inl_lookup(values: np.ndarray, inl: InlTable) -> np.ndarray:
         cols = slice(start, start + width)
         out[..., cols] = np.interp(values[..., cols], grid, table)
     return out
+
+
+_UNIFORM_CACHE: dict = {}
+
+
+def _uniform_inl(inl: InlTable, nx: int) -> _UniformInl | None:
+    """The (cached) arithmetic lookup for ``inl`` over ``nx`` columns, or None if unsafe."""
+    key = (id(inl.grid), id(inl.corrections), inl.channel_width, nx)
+    hit = _UNIFORM_CACHE.get(key)
+    if hit is not None and hit[0] is inl.grid and hit[1] is inl.corrections:
+        return hit[2]
+    fast = _UniformInl.build(inl, nx)
+    _UNIFORM_CACHE.clear()
+    _UNIFORM_CACHE[key] = (inl.grid, inl.corrections, fast)
+    return fast
+
+
+class _UniformInl:
+    """``np.interp`` on a uniformly spaced grid, with the bracketing knot found by arithmetic.
+
+    numpy (``arr_interp``) works in float64 with ``xp = float64(float32 grid)`` and
+    ``fp = float64(table)``; for a value ``x`` it returns ``x`` if NaN, ``fp[0]`` if
+    ``x < xp[0]``, ``fp[-1]`` if ``x >= xp[-1]``, ``fp[j]`` if ``x == xp[j]``, otherwise
+    ``s_j (x - xp[j]) + fp[j]`` with ``s_j = (fp[j+1] - fp[j]) / (xp[j+1] - xp[j])`` and
+    ``xp[j] <= x < xp[j+1]``.  Here the values are cut to ``[xp[0] - d/2, xp[-1] + d/2]``
+    (NaN kept) and each lies in one of the M + 1 intervals ``(-inf, xp[0])``,
+    ``[xp[j], xp[j+1])``, ``[xp[-1], inf)``; the two outer ones have slope 0 and base
+    ``fp[0]`` / ``fp[-1]``.  The interval index is ``floor(x / d - xp[0] / d) + 1``, moved
+    by one where it misses the exact knot comparisons; when ``xp[0] == 0`` and ``d`` is a
+    power of two ``x / d`` is exact and so is the index (no correction needed).  With finite slopes and no ``-0.0``
+    in the tables ``s (x - b) + f`` then equals numpy's result in every case (``x == xp[j]``
+    gives ``f + (+-0) = f``); other tables, or a grid that is not exactly uniform, return
+    None from ``build`` and the caller uses ``np.interp``.
+    """
+
+    def __init__(self, lower, upper, base_x, slope, base_f, col_offset, nan_cols, lo, hi, inv_d, shift, exact):
+        self.lower, self.upper = lower, upper
+        self.base_x, self.slope, self.base_f = base_x, slope, base_f
+        self.col_offset, self.nan_cols = col_offset, nan_cols
+        self.lo, self.hi, self.inv_d, self.shift, self.exact = lo, hi, inv_d, shift, exact
+        self.col_offset1 = col_offset + 1
+
+    @classmethod
+    def build(cls, inl: InlTable, nx: int) -> _UniformInl | None:
+        xp = np.asarray(inl.grid, dtype=np.float32).astype(np.float64)
+        m = xp.size
+        width = inl.channel_width
+        nchan = -(-nx // width)
+        if xp.ndim != 1 or m < 2 or width < 1 or inl.corrections.shape[0] < nchan:
+            return None
+        diffs = np.diff(xp)
+        d = diffs[0]
+        if not (np.isfinite(xp).all() and d > 0 and (diffs == d).all()):
+            return None
+        if max(abs(xp[0]), abs(xp[-1])) / d > 2.0**40:  # index estimate could be off by > 1
+            return None
+        fp = np.asarray(inl.corrections[:nchan], dtype=np.float64)
+        nan_rows = np.isnan(fp).all(axis=1)
+        fp = np.where(nan_rows[:, None], 0.0, fp)
+        if not np.isfinite(fp).all() or ((fp == 0) & np.signbit(fp)).any():
+            return None
+        with np.errstate(over="ignore", invalid="ignore"):
+            slopes = (fp[:, 1:] - fp[:, :-1]) / diffs
+        if not np.isfinite(slopes).all():
+            return None
+        n = m + 1  # intervals per channel
+        slope = np.zeros((nchan, n))
+        slope[:, 1:m] = slopes
+        base_f = np.concatenate([fp[:, :1], fp], axis=1)
+        base_x = np.concatenate([xp[:1], xp])
+        lower = np.concatenate([[-np.inf], xp])
+        upper = np.concatenate([xp, [np.inf]])
+        col_offset = (np.arange(nx) // width * n).astype(np.intp)
+        nan_cols = np.repeat(nan_rows, width)[:nx]
+        return cls(
+            lower,
+            upper,
+            np.tile(base_x, nchan),
+            slope.ravel(),
+            base_f.ravel(),
+            col_offset,
+            nan_cols if nan_cols.any() else None,
+            xp[0] - d / 2,
+            xp[-1] + d / 2,
+            1.0 / d,
+            -xp[0] / d,
+            bool(xp[0] == 0 and np.frexp(d)[0] == 0.5),
+        )
+
+    def __call__(self, values: np.ndarray) -> np.ndarray:
+        x = np.maximum(values, self.lo)  # NaN propagates
+        np.minimum(x, self.hi, out=x)
+        t = x * self.inv_d  # exact when self.exact
+        if self.shift:
+            t += self.shift
+        np.floor(t, out=t)  # in [-1, M] up to rounding, or NaN
+        with np.errstate(invalid="ignore"):
+            i = t.astype(np.intp)
+        del t
+        np.maximum(i, -1, out=i)  # NaN casts to a negative (or 0) index
+        if self.exact:
+            i += self.col_offset1
+        else:
+            i += 1
+            np.minimum(i, self.lower.size - 1, out=i)
+            i -= x < self.lower[i]
+            i += x >= self.upper[i]
+            i += self.col_offset
+        x -= self.base_x[i]
+        x *= self.slope[i]
+        x += self.base_f[i]
+        if self.nan_cols is not None:
+            x[..., self.nan_cols] = 0.0
+        return x
 
 
 def _clip(data: np.ndarray, groupdq: np.ndarray) -> None:

@@ -261,3 +261,71 @@ def test_matches_stcal(mode):
     np.testing.assert_array_equal(res.groupdq, up_gdq)
     np.testing.assert_array_equal(res.pixeldq, up_pdq)
     np.testing.assert_array_equal(res.data, up_data)
+
+
+def _interp_reference(values, inl):
+    grid = np.asarray(inl.grid, np.float32)
+    out = np.zeros_like(values)
+    for c, start in enumerate(range(0, values.shape[-1], inl.channel_width)):
+        if not np.isnan(inl.corrections[c]).all():
+            cols = slice(start, start + inl.channel_width)
+            out[..., cols] = np.interp(values[..., cols], grid, inl.corrections[c])
+    return out
+
+
+def _inl_probe_values(grid, rng, shape):
+    grid = np.asarray(grid, np.float32).astype(np.float64)
+    lo, hi = grid[0], grid[-1]
+    span = hi - lo
+    special = np.concatenate(
+        [
+            grid,
+            np.nextafter(grid, -np.inf),
+            np.nextafter(grid, np.inf),
+            [np.nan, np.inf, -np.inf, 0.0, -0.0, lo - span, hi + span, 1e300, -1e300],
+        ]
+    )
+    values = rng.uniform(lo - 0.1 * span, hi + 0.1 * span, shape)
+    flat = values.reshape(-1)
+    flat[: special.size] = special
+    return values
+
+
+@pytest.mark.parametrize(
+    "grid",
+    [
+        np.arange(256, dtype=np.float32) * 256,  # exact index (origin 0, power-of-two step)
+        100 + 3 * np.arange(40, dtype=np.float32),  # uniform, index corrected by comparisons
+        np.float32(-7.25) + np.float32(0.5) * np.arange(30, dtype=np.float32),
+        np.array([0, 10, 11, 50, 200], np.float32),  # not uniform: np.interp fallback
+    ],
+)
+def test_inl_lookup_bit_identical_to_interp(grid):
+    from cpu_fallback.linearity import _inl_lookup, _uniform_inl
+
+    rng = np.random.default_rng(11)
+    nchan, width = 5, 8
+    corr = rng.normal(0, 2, (nchan, grid.size))
+    corr[1] = np.nan  # all-NaN row: no correction
+    corr[2, :3] = 0.0
+    corr[3, 1:4] = corr[3, 1]  # flat stretch
+    inl = InlTable(grid, corr, width)
+    values = _inl_probe_values(grid, rng, (40, nchan * width - 3))
+    uniform = bool((np.diff(grid.astype(np.float64)) == float(grid[1]) - float(grid[0])).all())
+    assert (_uniform_inl(inl, values.shape[-1]) is not None) == uniform
+    got = _inl_lookup(values, inl)
+    want = _interp_reference(values, inl)
+    assert got.dtype == np.float64
+    np.testing.assert_array_equal(got.view(np.uint64), want.view(np.uint64))
+
+
+def test_inl_lookup_negative_zero_table_falls_back():
+    from cpu_fallback.linearity import _inl_lookup, _uniform_inl
+
+    grid = np.arange(8, dtype=np.float32) * 4
+    corr = np.array([[1.0, -0.0, 2.0, 3.0, 0.0, -1.0, 5.0, 6.0]])
+    inl = InlTable(grid, corr, 4)
+    assert _uniform_inl(inl, 4) is None
+    values = _inl_probe_values(grid, np.random.default_rng(3), (9, 4))
+    got = _inl_lookup(values, inl)
+    np.testing.assert_array_equal(got.view(np.uint64), _interp_reference(values, inl).view(np.uint64))
