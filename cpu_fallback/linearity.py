@@ -278,7 +278,7 @@ class _UniformInl:
         if max(abs(xp[0]), abs(xp[-1])) / d > 2.0**40:  # index estimate could be off by > 1
             return None
         fp = np.asarray(inl.corrections[:nchan], dtype=np.float64)
-        nan_rows = np.isnan(fp).all(axis=1)
+        nan_rows: np.ndarray = np.asarray(np.isnan(fp).all(axis=1))
         fp = np.where(nan_rows[:, None], 0.0, fp)
         if not np.isfinite(fp).all() or ((fp == 0) & np.signbit(fp)).any():
             return None
