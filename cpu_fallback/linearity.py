@@ -39,7 +39,7 @@ from gpucal.backends.protocol import InlTable, LinearityResult
 from gpucal.dq import GroupFlag, PixelFlag
 from gpucal.readpattern import ReadTiming
 
-__all__ = ["linearity", "CLIP_LIMIT"]
+__all__ = ["linearity", "check_inl", "CLIP_LIMIT"]
 
 #: romancal clips linearised values beyond this magnitude (DN) and flags them DO_NOT_USE.
 CLIP_LIMIT = 1e6
@@ -93,7 +93,7 @@ def linearity(
     if ilin_coeffs is not None and nres < 2:
         raise ValueError("read-level linearity needs at least 2 resultants")
     if inl is not None and ilin_coeffs is not None:
-        _check_inl(inl, nx)
+        check_inl(inl, nx)
 
     lin_dq = np.asarray(lin_dq)
     flagged = (lin_dq & _NO_LIN_CORR) == _NO_LIN_CORR
@@ -189,7 +189,16 @@ def _read_level(
         np.copyto(data[k], total, where=~saturated[k], casting="same_kind")
 
 
-def _check_inl(inl: InlTable, nx: int) -> None:
+def check_inl(inl: InlTable, nx: int) -> None:
+    """Raise ValueError unless ``inl`` has a correction row for every channel of ``nx`` columns.
+
+    Parameters
+    ----------
+    inl : InlTable
+        Integral non-linearity table (``channel_width`` columns per channel).
+    nx : int
+        Columns of the frame (or row block) to be corrected.
+    """
     needed = -(-nx // inl.channel_width)
     if inl.corrections.shape[0] < needed:
         raise ValueError(

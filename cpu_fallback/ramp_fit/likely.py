@@ -51,7 +51,7 @@ from gpucal.backends.protocol import RampFitParams, RampFitResult
 from gpucal.dq import GroupFlag, PixelFlag
 from gpucal.readpattern import ReadTiming
 
-__all__ = ["fit_likely", "LIKELY_MIN_RESULTANTS", "REJECTION_THRESHOLD"]
+__all__ = ["fit_likely", "pattern_constants", "drop_thresholds", "LIKELY_MIN_RESULTANTS", "REJECTION_THRESHOLD"]
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +101,23 @@ class _Omits(NamedTuple):
     chisq_two: np.ndarray
 
 
-def _pattern(timing: ReadTiming) -> _Pattern:
-    """Covariance constants, computed from the read times exactly as stcal does."""
+def pattern_constants(timing: ReadTiming) -> _Pattern:
+    """Covariance constants of a read pattern, computed from the read times exactly as stcal does.
+
+    Also the host-side constants of ``ramp_fit_likely.cu``, so that the kernel and this
+    module agree to the bit.
+
+    Parameters
+    ----------
+    timing : ReadTiming
+        Read pattern (K resultants) and frame time.
+
+    Returns
+    -------
+    NamedTuple of float64 arrays
+        ``delta_t`` (s), ``alpha_ph``, ``alpha_rn`` of shape (K - 1,); ``beta_ph``,
+        ``beta_rn``, ``two_omit_ok`` (0/1) of shape (K - 2,).
+    """
     mean_t, tau, nreads = [], [], []
     for reads in timing.read_pattern:
         times = np.array(reads) * timing.frame_time
@@ -123,8 +138,15 @@ def _pattern(timing: ReadTiming) -> _Pattern:
     )
 
 
-def _thresholds() -> tuple[float, float]:
-    """Chi-square improvements needed to omit one difference, and an adjacent pair."""
+def drop_thresholds() -> tuple[float, float]:
+    """Chi-square improvements needed to omit one difference, and an adjacent pair.
+
+    Returns
+    -------
+    (float, float)
+        ``REJECTION_THRESHOLD ** 2`` and the chi-square(2) quantile of the same tail
+        probability (the kernel's ``thresh_one``, ``thresh_two``).
+    """
     one = REJECTION_THRESHOLD**2
     pval = scipy.special.erfc(REJECTION_THRESHOLD / np.sqrt(2))
     two = float(scipy.stats.chi2.isf(pval, 2))
@@ -513,8 +535,8 @@ def fit_likely(
     if nres < LIKELY_MIN_RESULTANTS:
         raise ValueError(f"the likely ramp fit needs at least {LIKELY_MIN_RESULTANTS} resultants, got {nres}")
     _, ny, nx = data.shape
-    pat = _pattern(timing)
-    thresholds = _thresholds()
+    pat = pattern_constants(timing)
+    thresholds = drop_thresholds()
     outs = [np.empty((ny, nx), np.float32) for _ in range(5)]
     gdq_out = np.empty_like(groupdq, dtype=np.uint8)
     dq = np.empty((ny, nx), np.uint32)

@@ -33,7 +33,7 @@ from gpucal.backends.protocol import RampFitParams, RampFitResult
 from gpucal.dq import GroupFlag, PixelFlag
 from gpucal.readpattern import ReadTiming
 
-__all__ = ["fit_ols_cas22", "DEFAULT_THRESHOLD_INTERCEPT", "DEFAULT_THRESHOLD_CONSTANT"]
+__all__ = ["fit_ols_cas22", "pattern_constants", "DEFAULT_THRESHOLD_INTERCEPT", "DEFAULT_THRESHOLD_CONSTANT"]
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +72,23 @@ class _Segments(NamedTuple):
     end: np.ndarray  # (M,) last resultant
 
 
-def _pattern(timing: ReadTiming) -> _Pattern:
-    """Per-resultant constants as stcal's ``from_read_pattern``/``fill_fixed_values``."""
+def pattern_constants(timing: ReadTiming) -> _Pattern:
+    """Per-resultant constants as stcal's ``from_read_pattern``/``fill_fixed_values``.
+
+    Also the host-side constants of ``ramp_fit_ols_cas22.cu`` (``tbar``, ``tau64`` and
+    ``nreads``, as float32), so that the kernel and this module agree to the bit.
+
+    Parameters
+    ----------
+    timing : ReadTiming
+        Read pattern (K resultants) and frame time.
+
+    Returns
+    -------
+    NamedTuple
+        ``tbar`` (K,) float32 s, ``tau64`` (K,) float64 of float32 tau, ``nreads`` (K,)
+        float64, and the difference constants of the fit (see its fields).
+    """
     read_time = float(F32(timing.frame_time))  # the Cython signature takes a C float
     tbar, tau, nreads = [], [], []
     for reads in timing.read_pattern:
@@ -355,7 +370,7 @@ def fit_ols_cas22(
     nres = data.shape[0]
     check_inputs(data, groupdq, pixeldq, readnoise, gain, timing.nresultants)
     _, ny, nx = data.shape
-    pat = _pattern(timing)
+    pat = pattern_constants(timing)
     intercept = F32(DEFAULT_THRESHOLD_INTERCEPT if params.threshold_intercept is None else params.threshold_intercept)
     constant = F32(DEFAULT_THRESHOLD_CONSTANT if params.threshold_constant is None else params.threshold_constant)
     gain32 = np.asarray(gain, dtype=F32)

@@ -6,14 +6,20 @@
 //   frame_read_times, dark_decay: one thread per pixel p = blockIdx.x * blockDim.x + threadIdx.x,
 //   p = y * nx + x < ny * nx.
 // Layouts (pixel index fastest, STYLE.md item 3)
-//   data          (K, ny, nx) float32, DN; dark_decay corrects it in place.
+//   data          (K, ny, nx) float32, DN; dark_decay corrects it in place.  It holds rows
+//                 [row0, row0 + ny) of a frame of frame_ny rows (a row block; row0 = 0 and
+//                 frame_ny = ny for a whole frame): pixel (y, x) of data is frame pixel
+//                 (row0 + y, x), and its read time is that of the whole frame's model.
 //   read_offsets  (K + 1) int32: the reads of resultant k are reads[read_offsets[k] ..
 //                 read_offsets[k + 1]), read_offsets[0] = 0 (CSR form of read_pattern).
 //   reads         (read_offsets[K]) int32, 1-based read numbers in read_pattern order.
 //   times         (ny, nx) float64, s (frame_read_times output).
 // Launch contract
-//   nx a positive multiple of 32 (32 channels), ny > 0 (the host checks, as the NumPy
-//   backend raises); sca = WFI detector number (1-18); every resultant has >= 1 read.
+//   nx a positive multiple of 32 (32 channels), ny > 0, 0 <= row0 and row0 + ny <= frame_ny
+//   (the host checks, as the NumPy backend raises for the frame shape); sca = WFI detector
+//   number (1-18); every resultant has >= 1 read.  Row blocks of one frame give the very
+//   values of a whole-frame launch (each pixel's arithmetic depends on its frame position
+//   only).
 //   frame_time, amplitude (DN) and time_constant (s) are float64 arguments.
 //
 // Per pixel, with t0 the read-time map and Δ = frame_time:
@@ -78,13 +84,13 @@ extern "C" __global__ void frame_read_times(double* __restrict__ times, int ny, 
 
 extern "C" __global__ void dark_decay(float* __restrict__ data, const int* __restrict__ read_offsets,
                                       const int* __restrict__ reads, int nres, int ny, int nx, double frame_time,
-                                      double amplitude, double time_constant, int sca) {
+                                      double amplitude, double time_constant, int sca, int row0, int frame_ny) {
     const long long npix = (long long)ny * nx;
     const long long p = gc_thread_index();
     if (p >= npix) return;
     const int y = (int)(p / nx);
     const int x = (int)(p - (long long)y * nx);
-    const double t0 = ddk_read_time(y, x, ny, nx, frame_time, sca);
+    const double t0 = ddk_read_time(row0 + y, x, frame_ny, nx, frame_time, sca);
     for (int k = 0; k < nres; ++k) {
         const int first = read_offsets[k], last = read_offsets[k + 1];
         if (last <= first) continue;

@@ -18,6 +18,8 @@
 //   nbr_marks    (npix) uint32; bit i set = difference i of this pixel seeds its 4
 //                neighbours (JUMP_DET on resultant i + 1, significance in (min, max)).
 //                Written (possibly 0) by every jump_detect thread; read by jump_neighbors.
+//   mode         (1) int, the frame-wide search mode below; read only, the same for every
+//                thread (device memory, so that no host read-back decides it).
 // Launch contract
 //   1 <= K <= JUMP_MAX_RESULTANTS (the host checks; a larger K leaves the pixel untouched).
 //   reference_rate: JUMP_REF_WEIGHTED (0, gpucal's leave-one-out weighted significance)
@@ -25,10 +27,16 @@
 //   outlier2: np.float32(rejection_threshold) ** 2 computed on the host as NumPy does
 //     (a float32 powf, not always the correctly rounded rejection * rejection); the weighted
 //     reference leaves out the differences with |fd_j - m|**2 / s_j**2 > outlier2.
-//   mode, decided on the host over the whole frame as the NumPy backend does:
+//   mode[0], decided over the whole frame as the NumPy backend does (usable resultants: K
+//   less those flagged DO_NOT_USE on every pixel of the frame):
 //     JUMP_MODE_NONE (0): fewer than 3 usable resultants, no search;
 //     JUMP_MODE_ITERATIVE (1): the per-pixel iteration;
 //     JUMP_MODE_SINGLE (2): >= 10 usable differences, one pass.
+//   The host fills it without a read-back: on the device by array reductions over groupdq
+//   (gpucal.backends.device.launch_ramp.jump_search_mode, enqueued before jump_detect on the
+//   same stream), or as an uploaded constant when the caller knows the frame's mode (row
+//   blocks must pass the whole frame's, launch_ramp.frame_search_mode).  Any other value
+//   searches nothing, as JUMP_MODE_NONE.
 //   Neighbour seeds and the SAT/DNU clearing run in every mode.  Thresholds are float32
 //   sigma.  Launch jump_detect over all pixels, then (only when flag_4_neighbors)
 //   jump_neighbors over all pixels with the same groupdq and nbr_marks: it reads its 4
@@ -277,9 +285,10 @@ __device__ jump_mask_t jump_iterative(int reference_rate, const float* fd, jump_
 extern "C" __global__ void jump_detect(const float* __restrict__ data, unsigned char* __restrict__ groupdq,
                                        const float* __restrict__ readnoise, const float* __restrict__ gain,
                                        const float* __restrict__ diff_consts, unsigned int* __restrict__ nbr_marks,
-                                       int nres, long long npix, int reference_rate, int mode, float rejection,
-                                       float three_group, float four_group, float outlier2, int flag_neighbors,
-                                       float min_nbr, float max_nbr) {
+                                       int nres, long long npix, int reference_rate,
+                                       const int* __restrict__ mode, float rejection, float three_group,
+                                       float four_group, float outlier2, int flag_neighbors, float min_nbr,
+                                       float max_nbr) {
     const long long p = gc_thread_index();
     if (p >= npix) return;
     if (nres < 1 || nres > JUMP_MAX_RESULTANTS) return;
@@ -320,10 +329,11 @@ extern "C" __global__ void jump_detect(const float* __restrict__ data, unsigned 
         }
     }
 
+    const int search = mode[0];
     jump_mask_t flagged = 0u;  // over differences
-    if (mode == JUMP_MODE_ITERATIVE) {
+    if (search == JUMP_MODE_ITERATIVE) {
         flagged = jump_iterative(reference_rate, fd, usable, nd, nz, rejection, three_group, four_group, work, sig);
-    } else if (mode == JUMP_MODE_SINGLE) {
+    } else if (search == JUMP_MODE_SINGLE) {
         const jump_mask_t valid = jump_sig_search(reference_rate, false, fd, usable, nd, nz, work, sig);
         for (int i = 0; i < nd; ++i)
             if (((valid >> i) & 1u) && sig[i] > rejection) flagged |= 1u << i;

@@ -11,10 +11,10 @@
 //                                                 resultant of every dropped difference
 //   pixeldq, readnoise (DN, one read), gain (e-/DN): (npix,) uint32 / float32 / float32
 //   delta_t, alpha_ph, alpha_rn: (n,) float64; beta_ph, beta_rn, two_omit_ok: (n-1,) float64
-//     -- the read-pattern constants of cpu_fallback.ramp_fit.likely._pattern, computed on
-//     the host by that same function so that they agree to the bit.
+//     -- the read-pattern constants of cpu_fallback.ramp_fit.likely.pattern_constants,
+//     computed on the host by that same function so that they agree to the bit.
 //   thresh_one, thresh_two: chi-square improvements needed to drop one difference / an
-//     adjacent pair (likely._thresholds: 20.25 and the chi2(2) quantile of 4.5 sigma).
+//     adjacent pair (likely.drop_thresholds: 20.25 and the chi2(2) quantile of 4.5 sigma).
 //   slope, err, var_poisson, var_rnoise, chisq: (npix,) float32 out (DN/s, (DN/s)^2)
 //   dq: (npix,) uint32 out (may alias pixeldq).
 // Launch contract: 4 <= nres <= RAMP_MAX_RESULTANTS (the host checks; a thread given

@@ -10,7 +10,8 @@
 //                                                every detected jump
 //   pixeldq, readnoise (DN, one read), gain (e-/DN): (npix,) uint32 / float32 / float32
 //   tbar, tau: (K,) float32 s, n_reads: (K,) float32 -- as cpu_fallback.ramp_fit.ols_cas22
-//     ._pattern builds them (tbar/tau rounded to float32 from the float64 read times).
+//     .pattern_constants builds them (tbar/tau rounded to float32 from the float64 read
+//     times).
 //   use_jump (0/1), intercept, constant: the jump threshold I - C log10(clamp(slope, 1, 1e4))
 //     (slope in e-/s; romancal defaults 5.5 and 1/3).
 //   slope, err, var_poisson, var_rnoise: (npix,) float32 out; dq: (npix,) uint32 out (may

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from gpucal.backends.protocol import InlTable
+from gpucal.backends.protocol import InlTable, JumpParams
 from gpucal.readpattern import read_timing
 from tests.kernels import _drivers as drv
 from tests.kernels._data import APPENDIX_PATTERN, FRAME_TIME, random_ramps
-from tests.kernels._runtime import KernelRuntime
+from tests.kernels._runtime import cpu_runtime
 
-RT = KernelRuntime("cpu", sanitize=True)
+RT = cpu_runtime(sanitize=True)
 SHAPE = (13, 21)
 TIMING = read_timing(APPENDIX_PATTERN, FRAME_TIME)
 
@@ -59,6 +59,22 @@ def _dq_init() -> None:
     drv.dq_init(RT, raw, None, 0, None, None, 0)
 
 
+def _jump(reference_rate: str, nres: int) -> None:
+    """Jump detection with its neighbour pass, the search mode found on the device."""
+    timing = TIMING if nres == TIMING.nresultants else read_timing([[r] for r in range(1, nres + 1)], FRAME_TIME)
+    rng = np.random.default_rng(8)
+    data = random_ramps(rng, SHAPE, timing)
+    data[nres // 2 :, 4:6, 7] += 5000.0
+    data[1, 2, 3] = np.nan
+    groupdq = np.zeros(data.shape, np.uint8)
+    groupdq[0] = 1  # DO_NOT_USE on every pixel: counts against the usable resultants
+    groupdq[-1, 6, :] = 2  # SATURATED
+    gain = np.full(SHAPE, 2.0, np.float32)
+    gain[0, 0] = 0.0
+    readnoise = np.full(SHAPE, 6.0, np.float32)
+    drv.jump(RT, data, groupdq, readnoise, gain, timing, JumpParams(), reference_rate=reference_rate)
+
+
 def _planted_out_of_bounds(source_dir: str) -> None:
     """A kernel that reads one element past its input: ASan must stop the process."""
     from gpucal.kernels.cpu_shim import load_cpu_module
@@ -76,6 +92,8 @@ CASES: dict[str, Callable[[], None]] = {
     "linearity_read_level": lambda: _linearity(True, False),
     "linearity_read_level_inl": lambda: _linearity(True, True),
     "dq_init": _dq_init,
+    "jump_weighted_iterative": lambda: _jump("weighted", TIMING.nresultants),
+    "jump_median_single": lambda: _jump("median", 13),
 }
 
 

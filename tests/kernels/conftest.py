@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from tests.kernels._runtime import KernelRuntime, gpu_runtime_or_reason
+from tests.kernels._runtime import cpu_runtime, gpu_runtime_or_reason
 
 
 @pytest.fixture(params=["cpu", pytest.param("gpu", marks=pytest.mark.gpu)])
-def runtime(request) -> KernelRuntime:
-    """The CPU shim, then a real GPU (skipped with the reason when there is none)."""
+def runtime(request):
+    """The emulated device (CPU shim), then a real GPU (skipped with the reason when there is none)."""
     if request.param == "cpu":
-        return KernelRuntime("cpu")
+        return cpu_runtime()
     rt, reason = gpu_runtime_or_reason()
     if rt is None:
         pytest.skip(f"GPU run of the kernel unavailable: {reason}")

@@ -19,65 +19,13 @@ import pytest
 
 from cpu_fallback.dark_decay import dark_decay as numpy_dark_decay
 from cpu_fallback.dark_decay import frame_read_times as numpy_frame_read_times
-from gpucal.readpattern import ReadTiming, read_timing
-from tests.kernels._runtime import BLOCK, KernelRuntime, grid_for
+from gpucal.readpattern import read_timing
+from tests.kernels._drivers import dark_decay, frame_read_times
+from tests.kernels._runtime import cpu_runtime, exact
 
 FRAME_TIME = 3.04
 PIXEL_TIME = 4.915263e-06
 UNEVEN = [[1], [2, 3], [4, 5, 6, 7], [8], [9, 10, 11], [12, 13, 14, 15, 16], [17]]
-_I32 = np.int32
-
-
-# ------------------------------------------------------------------------------ drivers
-def _check_frame(ny: int, nx: int) -> None:
-    if nx % 32 or nx <= 0 or ny <= 0:
-        raise ValueError(f"frame must have a positive multiple of 32 columns, got {ny} x {nx}")
-
-
-def frame_read_times(
-    rt: KernelRuntime, frame_time: float, sca: int, ny: int = 4096, nx: int = 4096, frame_number: float = 0
-) -> np.ndarray:
-    """dark_decay.cu's read-time map with cpu_fallback.dark_decay.frame_read_times' signature."""
-    _check_frame(ny, nx)
-    out = rt.empty((ny * nx,), np.float64)
-    rt.module("dark_decay").get_function("frame_read_times")(
-        grid_for(ny * nx),
-        (BLOCK,),
-        (out, _I32(ny), _I32(nx), np.float64(frame_time), _I32(sca), np.float64(frame_number)),
-    )
-    rt.synchronize()
-    return rt.get(out).reshape(ny, nx)
-
-
-def dark_decay(
-    rt: KernelRuntime, data: np.ndarray, timing: ReadTiming, amplitude: float, time_constant: float, sca: int
-) -> np.ndarray:
-    """dark_decay.cu's launch with cpu_fallback.dark_decay.dark_decay's signature."""
-    nres, ny, nx = data.shape
-    _check_frame(ny, nx)
-    if timing.nresultants != nres:
-        raise ValueError(f"read pattern has {timing.nresultants} resultants, data has {nres}")
-    reads = np.array([r for res in timing.read_pattern for r in res], dtype=np.int32)
-    offsets = np.concatenate([[0], np.cumsum([len(res) for res in timing.read_pattern])]).astype(np.int32)
-    d = rt.put(data.reshape(nres, ny * nx), np.float32)
-    rt.module("dark_decay").get_function("dark_decay")(
-        grid_for(ny * nx),
-        (BLOCK,),
-        (
-            d,
-            rt.put(offsets),
-            rt.put(reads),
-            _I32(nres),
-            _I32(ny),
-            _I32(nx),
-            np.float64(timing.frame_time),
-            np.float64(amplitude),
-            np.float64(time_constant),
-            _I32(sca),
-        ),
-    )
-    rt.synchronize()
-    return rt.get(d).reshape(nres, ny, nx)
 
 
 # ------------------------------------------------------------------------------ read-time map
@@ -138,7 +86,7 @@ def test_map_matches_numpy_bit_for_bit(runtime, frame_time, sca, ny, nx, frame_n
 
 def test_frame_checks():
     with pytest.raises(ValueError, match="multiple of 32"):
-        frame_read_times(KernelRuntime("cpu"), FRAME_TIME, 1, 64, 100)
+        frame_read_times(cpu_runtime(), FRAME_TIME, 1, 64, 100)
 
 
 # ------------------------------------------------------------------------------ decay
@@ -215,13 +163,51 @@ def test_decay_agrees_with_numpy_on_random_frames(runtime, sca, ny, nx, pattern)
     ref = numpy_dark_decay(data.copy(), t, amplitude, tau, sca)
     assert np.nanmax(np.abs(ref - data)) > 0.5, f"the decay should be visible (seed {seed})"
     n = _assert_close_to_numpy(got, ref, f"seed {seed}, A {amplitude}, T {tau}")
-    assert n == 0 or runtime.kind == "gpu", f"the CPU shim should match NumPy exactly (seed {seed})"
+    assert n == 0 or not exact(runtime), f"the CPU shim should match NumPy exactly (seed {seed})"
+
+
+def _in_row_blocks(rt, data, timing, amplitude, tau, sca, edges):
+    """dark_decay of ``data`` launched block by block over the rows [edges[i], edges[i + 1])."""
+    ny = data.shape[1]
+    blocks = [
+        dark_decay(rt, np.ascontiguousarray(data[:, a:b]), timing, amplitude, tau, sca, row0=a, frame_ny=ny)
+        for a, b in zip(edges[:-1], edges[1:], strict=True)
+    ]
+    return np.concatenate(blocks, axis=1)
+
+
+@pytest.mark.parametrize(
+    ("sca", "ny", "edges"),
+    [(7, 600, (0, 256, 300, 600)), (3, 600, (0, 511, 600)), (1, 64, (0, 1, 40, 64))],
+    ids=["sca7-rows-flipped-3-blocks", "sca3-columns-flipped-2-blocks", "sca1-one-row-block"],
+)
+def test_row_blocks_are_bit_identical_to_the_whole_frame(runtime, sca, ny, edges):
+    """The frame in 2-3 row blocks, each launched with its first frame row and the frame's
+    row count, gives the whole-frame launch's values bit for bit (600 rows: two guide-window
+    excursions, block edges on and off the 256-row stride); a block launched as a frame of
+    its own would not."""
+    rng = np.random.default_rng(11)
+    t = read_timing(UNEVEN, FRAME_TIME)
+    data = rng.normal(5000.0, 400.0, (t.nresultants, ny, 64)).astype(np.float32)
+    whole = dark_decay(runtime, data, t, 30.0, 5.0, sca)
+    np.testing.assert_array_equal(_in_row_blocks(runtime, data, t, 30.0, 5.0, sca, edges), whole)
+    a, b = edges[1], edges[2]
+    alone = dark_decay(runtime, np.ascontiguousarray(data[:, a:b]), t, 30.0, 5.0, sca)
+    assert not np.array_equal(alone, whole[:, a:b])
+
+
+def test_row_block_checks():
+    t = read_timing(UNEVEN, FRAME_TIME)
+    data = np.zeros((7, 10, 64), np.float32)
+    for row0, frame_ny in ((-1, 100), (91, 100), (0, 9)):
+        with pytest.raises(ValueError, match="inside a frame"):
+            dark_decay(cpu_runtime(), data, t, 1.0, 1.0, 1, row0=row0, frame_ny=frame_ny)
 
 
 # ------------------------------------------------------------------------------ sanitizer
 def _sanitized_run() -> None:
     """Stated and random cases through the ASan/UBSan build (run in a subprocess)."""
-    rt = KernelRuntime("cpu", sanitize=True)
+    rt = cpu_runtime(sanitize=True)
     test_map_two_rows(rt, 1)
     test_map_guide_window_steps(rt)
     test_decay_values_stated(rt)
@@ -232,6 +218,7 @@ def _sanitized_run() -> None:
     np.testing.assert_array_equal(
         frame_read_times(rt, FRAME_TIME, 9, 300, 96), numpy_frame_read_times(FRAME_TIME, 9, 300, 96)
     )
+    np.testing.assert_array_equal(_in_row_blocks(rt, data, t, 30.0, 5.0, 6, (0, 1, 9, 17)), got)
 
 
 def test_address_and_ub_sanitizer():

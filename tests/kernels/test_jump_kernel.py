@@ -23,13 +23,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cpu_fallback.jump import MIN_DIFFS_SINGLE_PASS, MIN_USABLE_GROUPS, REFERENCE_RATES, difference_noise
+from cpu_fallback.jump import REFERENCE_RATES
 from cpu_fallback.jump import jump as numpy_jump
+from gpucal.backends.device import launch
 from gpucal.backends.protocol import JumpParams
 from gpucal.dq import GroupFlag
 from gpucal.readpattern import ReadTiming, read_timing
 from tests.kernels._data import assert_flags_match
-from tests.kernels._runtime import BLOCK, KernelRuntime, grid_for
+from tests.kernels._drivers import jump
+from tests.kernels._runtime import cpu_runtime, exact
 
 FRAME_TIME = 3.04
 GAIN = 2.0  # e-/DN
@@ -61,90 +63,17 @@ ALONE = replace(PARAMS, flag_4_neighbors=False)
 
 # jump.cu's launch constants
 MODE_NONE, MODE_ITERATIVE, MODE_SINGLE = 0, 1, 2
-REF_CODE = {"weighted": 0, "median": 1}
 MAX_RESULTANTS = 32
-_I32 = np.int32
 
 
 # ------------------------------------------------------------------------------ driver
 def search_mode(groupdq: np.ndarray) -> int:
-    """The exposure-level switch of cpu_fallback.jump, as jump.cu's ``mode`` argument."""
-    k = groupdq.shape[0]
-    usable = k - sum(bool(np.all((groupdq[i] & DNU) != 0)) for i in range(k))
-    if usable < MIN_USABLE_GROUPS:
-        return MODE_NONE
-    return MODE_SINGLE if usable - 1 >= MIN_DIFFS_SINGLE_PASS else MODE_ITERATIVE
-
-
-def difference_constants(timing: ReadTiming) -> np.ndarray:
-    """jump.cu's ``diff_consts`` (7, K - 1) float32, from the float64 difference_noise."""
-    noise = difference_noise(timing)
-    nd = timing.nresultants - 1
-    inv_dtdt = 1.0 / (noise.dt[:-1] * noise.dt[1:])
-
-    def padded(v: np.ndarray) -> np.ndarray:
-        return np.concatenate([v, np.zeros(nd - v.size)])
-
-    rows = (
-        1.0 / noise.dt,
-        noise.dt,
-        noise.read,
-        noise.photon,
-        1.0 / noise.dt**2,
-        padded(noise.cov_read * inv_dtdt),
-        padded(noise.cov_photon * inv_dtdt),
-    )
-    return np.stack(rows).astype(np.float32)
-
-
-def jump(
-    rt: KernelRuntime,
-    data: np.ndarray,
-    groupdq: np.ndarray,
-    readnoise: np.ndarray,
-    gain: np.ndarray,
-    timing: ReadTiming,
-    params: JumpParams,
-    *,
-    reference_rate: str = "weighted",
-) -> np.ndarray:
-    """jump.cu's launch sequence with cpu_fallback.jump's signature; returns groupdq."""
-    nres, ny, nx = data.shape
-    if nres > MAX_RESULTANTS:
-        raise ValueError(f"jump.cu handles at most {MAX_RESULTANTS} resultants, got {nres}")
-    npix = ny * nx
-    consts = difference_constants(timing)
-    mod = rt.module("jump")
-    grid, block = grid_for(npix), (BLOCK,)
-    g = rt.put(groupdq.reshape(nres, npix), np.uint8)
-    marks = rt.empty((npix,), np.uint32)
-    mod.get_function("jump_detect")(
-        grid,
-        block,
-        (
-            rt.put(data.reshape(nres, npix), np.float32),
-            g,
-            rt.put(readnoise.reshape(npix), np.float32),
-            rt.put(gain.reshape(npix), np.float32),
-            rt.put(consts.reshape(-1) if consts.size else np.zeros(1, np.float32)),
-            marks,
-            _I32(nres),
-            np.int64(npix),
-            _I32(REF_CODE[reference_rate]),
-            _I32(search_mode(groupdq)),
-            np.float32(params.rejection_threshold),
-            np.float32(params.three_group_rejection_threshold),
-            np.float32(params.four_group_rejection_threshold),
-            np.float32(params.rejection_threshold) ** 2,  # outlier2: NumPy's float32 square (powf)
-            _I32(params.flag_4_neighbors),
-            np.float32(params.min_jump_to_flag_neighbors),
-            np.float32(params.max_jump_to_flag_neighbors),
-        ),
-    )
-    if params.flag_4_neighbors:
-        mod.get_function("jump_neighbors")(grid, block, (g, marks, _I32(nres), _I32(ny), _I32(nx)))
-    rt.synchronize()
-    return rt.get(g).reshape(nres, ny, nx)
+    """The exposure-level switch of cpu_fallback.jump, as the library's launcher finds it on
+    the device (downloaded here), which the host helper must agree with."""
+    rt = cpu_runtime()
+    on_device = int(rt.download(launch.jump_search_mode(rt, rt.upload(groupdq, label="input")), label="mode")[0])
+    assert launch.frame_search_mode(groupdq) == on_device
+    return on_device
 
 
 @pytest.fixture(params=REFERENCE_RATES)
@@ -592,7 +521,7 @@ def test_too_many_resultants_rejected():
     shape = (MAX_RESULTANTS + 1, 1, 1)
     with pytest.raises(ValueError, match="at most"):
         jump(
-            KernelRuntime("cpu"),
+            cpu_runtime(),
             np.zeros(shape, np.float32),
             np.zeros(shape, np.uint8),
             np.ones((1, 1), np.float32),
@@ -690,13 +619,13 @@ def test_agrees_with_numpy_on_random_frames(runtime, ref, pattern, mode, all_dnu
     assert (((gdq & JUMP) != 0) & ((gdq & SAT) != 0)).any(), f"and input jumps on saturation (seed {seed})"
     near = _near_threshold(data, gdq, rn, gain, t, params, ref, want)
     n = assert_flags_match(got, want, near, f"groupdq (seed {seed}, {ref})")
-    assert n == 0 or runtime.kind == "gpu", f"the CPU shim should be bit-exact (seed {seed})"
+    assert n == 0 or not exact(runtime), f"the CPU shim should be bit-exact (seed {seed})"
 
 
 # ------------------------------------------------------------------------------ sanitizer
 def _sanitized_run() -> None:
     """Golden and random cases through the ASan/UBSan build (run in a subprocess)."""
-    rt = KernelRuntime("cpu", sanitize=True)
+    rt = cpu_runtime(sanitize=True)
     for ref in REFERENCE_RATES:
         for rate in (0.0, 5.0):
             test_jump_just_above_and_below_threshold_in_every_difference(rt, ref, rate)

@@ -33,15 +33,15 @@ import numpy as np
 import pytest
 
 from cpu_fallback.ramp_fit import fit_likely, fit_ols_cas22
-from cpu_fallback.ramp_fit import likely as likely_np
 from cpu_fallback.ramp_fit import ols_cas22 as ols_np
 from cpu_fallback.uniform import uniform_slope as numpy_uniform_slope
-from cpu_fallback.uniform import uniform_weights
 from gpucal.backends.protocol import RampFitParams, RampFitResult
 from gpucal.dq import GroupFlag, PixelFlag
 from gpucal.kernels._loader import KERNEL_DIR
-from gpucal.readpattern import ReadTiming, read_timing
-from tests.kernels._runtime import BLOCK, KernelRuntime, grid_for
+from gpucal.readpattern import read_timing
+from tests.kernels._drivers import likely, ols_cas22
+from tests.kernels._drivers import uniform_slope as uniform
+from tests.kernels._runtime import cpu_runtime, exact
 
 SAT = int(GroupFlag.SATURATED)
 DNU = int(GroupFlag.DO_NOT_USE)
@@ -58,84 +58,7 @@ RANDOM_PATTERNS = {
     8: [[1], [2, 3], [4, 5, 6, 7], [8], [9, 10, 11], [12, 13, 14, 15, 16], [17, 18], [19]],
     10: [[1], [2], [3, 4], [5, 6, 7], [8, 9, 10, 11], [12], [13, 14], [15, 16, 17, 18], [19], [20, 21]],
 }
-_I32 = np.int32
 _F32 = np.float32
-
-
-# ------------------------------------------------------------------------------ drivers
-def _frame_inputs(rt, data, groupdq, pixeldq, readnoise, gain):
-    nres, ny, nx = data.shape
-    npix = ny * nx
-    return (
-        rt.put(data.reshape(nres, npix), np.float32),
-        rt.put(groupdq.reshape(nres, npix), np.uint8),
-        rt.put(pixeldq.reshape(npix), np.uint32),
-        rt.put(readnoise.reshape(npix), np.float32),
-        rt.put(gain.reshape(npix), np.float32),
-    )
-
-
-def _result(rt, shape, outs, dq, g, chisq=None) -> RampFitResult:
-    nres, ny, nx = shape
-    slope, err, var_p, var_r = (rt.get(o).reshape(ny, nx) for o in outs[:4])
-    chi = rt.get(outs[4]).reshape(ny, nx) if chisq is None else chisq
-    return RampFitResult(slope, err, var_p, var_r, chi, rt.get(dq).reshape(ny, nx), rt.get(g).reshape(nres, ny, nx))
-
-
-def likely(rt: KernelRuntime, data, groupdq, pixeldq, readnoise, gain, timing: ReadTiming) -> RampFitResult:
-    """ramp_fit_likely.cu with fit_likely's signature (K outside 4..32: the kernel's NaN/DNU)."""
-    nres, ny, nx = data.shape
-    npix = ny * nx
-    pat = likely_np._pattern(timing)
-    t_one, t_two = likely_np._thresholds()
-    consts = [
-        rt.put(a, np.float64)
-        for a in (pat.delta_t, pat.alpha_ph, pat.alpha_rn, pat.beta_ph, pat.beta_rn, pat.two_omit_ok)
-    ]
-    d, g, pdq, rn, gn = _frame_inputs(rt, data, groupdq, pixeldq, readnoise, gain)
-    outs = [rt.empty((npix,), np.float32) for _ in range(5)]
-    dq = rt.empty((npix,), np.uint32)
-    kern = rt.module("ramp_fit_likely").get_function("ramp_fit_likely")
-    args = (d, g, pdq, rn, gn, *consts, np.float64(t_one), np.float64(t_two), _I32(nres), _I32(npix), *outs, dq)
-    kern(grid_for(npix), (BLOCK,), args)
-    rt.synchronize()
-    return _result(rt, data.shape, outs, dq, g)
-
-
-def ols_cas22(rt: KernelRuntime, data, groupdq, pixeldq, readnoise, gain, timing, params=None) -> RampFitResult:
-    """ramp_fit_ols_cas22.cu with fit_ols_cas22's signature."""
-    params = params or RampFitParams()
-    nres, ny, nx = data.shape
-    npix = ny * nx
-    pat = ols_np._pattern(timing)
-    intercept = _F32(
-        ols_np.DEFAULT_THRESHOLD_INTERCEPT if params.threshold_intercept is None else params.threshold_intercept
-    )
-    constant = _F32(
-        ols_np.DEFAULT_THRESHOLD_CONSTANT if params.threshold_constant is None else params.threshold_constant
-    )
-    consts = [rt.put(a, np.float32) for a in (pat.tbar, pat.tau64, pat.nreads)]
-    d, g, pdq, rn, gn = _frame_inputs(rt, data, groupdq, pixeldq, readnoise, gain)
-    outs = [rt.empty((npix,), np.float32) for _ in range(4)]
-    dq = rt.empty((npix,), np.uint32)
-    kern = rt.module("ramp_fit_ols_cas22").get_function("ramp_fit_ols_cas22")
-    use_jump = _I32(bool(params.use_ramp_jump_detection))
-    args = (d, g, pdq, rn, gn, *consts, use_jump, intercept, constant, _I32(nres), _I32(npix), *outs, dq)
-    kern(grid_for(npix), (BLOCK,), args)
-    rt.synchronize()
-    return _result(rt, data.shape, outs, dq, g, chisq=np.zeros((ny, nx), np.float32))
-
-
-def uniform(rt: KernelRuntime, data, timing) -> np.ndarray:
-    """uniform_slope.cu with cpu_fallback.uniform.uniform_slope's signature."""
-    nres, ny, nx = data.shape
-    npix = ny * nx
-    out = rt.empty((npix,), np.float64)
-    kern = rt.module("uniform_slope").get_function("uniform_slope")
-    args = (rt.put(data.reshape(nres, npix), np.float32), rt.put(uniform_weights(timing)), _I32(nres), _I32(npix), out)
-    kern(grid_for(npix), (BLOCK,), args)
-    rt.synchronize()
-    return rt.get(out).reshape(ny, nx)
 
 
 KERNELS = {"likely": likely, "ols_cas22": ols_cas22}
@@ -336,7 +259,7 @@ def test_likely_matches_numpy_on_random_frames(runtime, frame, references):
     data, gdq, pdq, rn, gain, timing = _frame(frame)
     ref, _ = _load(references / f"likely-{frame}.npz")
     got = likely(runtime, data, gdq, pdq, rn, gain, timing)
-    if runtime.kind == "cpu":
+    if exact(runtime):
         _assert_identical(got, ref, f"likely {frame}")
     else:
         _assert_agree(got, ref, f"likely {frame}", near=_few_usable_differences(gdq), max_fraction=1e-3)
@@ -362,7 +285,7 @@ def test_ols_cas22_matches_numpy_on_random_frames(runtime, frame, params, refere
     data, gdq, pdq, rn, gain, timing = _frame(frame)
     ref, near = _load(references / f"ols-{params}-{frame}.npz")
     got = ols_cas22(runtime, data, gdq, pdq, rn, gain, timing, OLS_PARAMS[params])
-    if runtime.kind == "cpu":
+    if exact(runtime):
         _assert_identical(got, ref, f"ols_cas22 {frame}")
     else:
         _assert_agree(got, ref, f"ols_cas22 {frame}", near=near)
@@ -379,7 +302,7 @@ def test_uniform_slope_matches_numpy(runtime, frame):
     ref = numpy_uniform_slope(data, timing)
     got = uniform(runtime, data, timing)
     assert got.dtype == np.float64
-    if runtime.kind == "cpu":
+    if exact(runtime):
         np.testing.assert_array_equal(got, ref)  # same products and sums, same order
     else:
         np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
@@ -577,7 +500,7 @@ def test_likely_two_usable_differences_follow_numpy_rounding(runtime, references
     for r in (ref, got):
         outcomes = {tuple(c) for c in ((r.groupdq[1:3, 0, :] & JUMP) != 0).T}
         assert outcomes == {(False, False), (True, False), (False, True), (True, True)}
-    if runtime.kind == "cpu":
+    if exact(runtime):
         _assert_identical(got, ref, "likely two differences")
     else:
         _assert_agree(got, ref, "likely two differences", near=np.ones(ref.dq.shape, bool), max_fraction=1.0)
@@ -610,7 +533,7 @@ def test_ols_cas22_too_many_resultants(runtime):
 # ----------------------------------------------------------------------------- sanitizer
 def _sanitized_run() -> None:
     """Golden cases and a random frame through the ASan/UBSan build (run in a subprocess)."""
-    rt = KernelRuntime("cpu", sanitize=True)
+    rt = cpu_runtime(sanitize=True)
     test_appendix_a1_likely(rt)
     test_appendix_a1_ols_cas22(rt)
     test_all_saturated(rt)

@@ -1,0 +1,1 @@
+"""Device-side (xp) implementations of the backend operations."""
