@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from gpucal.backends.protocol import (
@@ -26,6 +28,10 @@ class CpuBackend:
     """NumPy implementation of :class:`gpucal.backends.protocol.Backend`."""
 
     name = "cpu"
+
+    def to_host(self, model: Any) -> Any:
+        """The model itself: the NumPy backend's arrays are host arrays already."""
+        return model
 
     def dq_init(
         self,

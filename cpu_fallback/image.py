@@ -9,34 +9,41 @@ dtype), ``var_poisson /= F^2``, ``var_rnoise /= F^2``, ``err /= F`` (in place, i
 dtypes, float16 in an ImageModel), optionally ``var_flat = data^2 / F^2 * E^2`` (with the
 divided data) and ``err = sqrt(err^2 + var_flat)`` (then float32, as in romancal), and
 ``dq |= Q``.
+
+Both functions are written once against an array namespace ``xp`` (:func:`flatfield_xp`,
+and :func:`dark_current`, which needs none): NumPy here, the device's in
+:mod:`gpucal.backends.device.image`, with only operations that NumPy and CuPy share with the
+same semantics, so that the two backends agree bit for bit.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 
 from gpucal.backends.protocol import FlatResult
 from gpucal.dq import PixelFlag
 
-__all__ = ["dark_current", "flatfield"]
+__all__ = ["dark_current", "flatfield", "flatfield_xp"]
 
 _NO_FLAT_FIELD = np.uint32(PixelFlag.NO_FLAT_FIELD)
 _BORDER = 4
 
 
-def _science_area(ref: np.ndarray, shape: tuple[int, ...], name: str) -> np.ndarray:
+def _science_area(ref: Any, shape: tuple[int, ...], name: str) -> Any:
     """``ref`` itself if it has the image's shape, its [4:-4, 4:-4] if it is a full frame."""
-    if ref.shape == shape:
+    if tuple(ref.shape) == tuple(shape):
         return ref
-    if ref.shape == (shape[0] + 2 * _BORDER, shape[1] + 2 * _BORDER):
+    if tuple(ref.shape) == (shape[0] + 2 * _BORDER, shape[1] + 2 * _BORDER):
         return ref[_BORDER:-_BORDER, _BORDER:-_BORDER]
     raise ValueError(f"{name} shape {ref.shape} matches neither the image {shape} nor its full frame")
 
 
-def dark_current(
-    slope: np.ndarray, dq: np.ndarray, dark_slope: np.ndarray, dark_dq: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+def dark_current(slope: Any, dq: Any, dark_slope: Any, dark_dq: Any) -> tuple[Any, Any]:
     """Subtract the dark rate and OR in the dark's DQ, in place.
+
+    In-place operators only, so the arrays may be NumPy's or a device's (all of one kind).
 
     Parameters
     ----------
@@ -96,12 +103,36 @@ def flatfield(
     FlatResult
         ``var_flat`` is None unless ``include_var_flat``.
     """
-    if flat.shape != data.shape:
+    # the references may come as array-likes (the device version's arrays are always arrays)
+    flat, flat_err, flat_dq, dq = (np.asarray(a) for a in (flat, flat_err, flat_dq, dq))
+    return flatfield_xp(np, data, err, var_poisson, var_rnoise, dumo, dq, flat, flat_err, flat_dq, include_var_flat)
+
+
+def flatfield_xp(
+    xp: Any,
+    data: Any,
+    err: Any,
+    var_poisson: Any,
+    var_rnoise: Any | None,
+    dumo: Any,
+    dq: Any,
+    flat: Any,
+    flat_err: Any,
+    flat_dq: Any,
+    include_var_flat: bool,
+) -> FlatResult:
+    """:func:`flatfield` on the arrays of the namespace ``xp`` (``numpy``, ``cupy``, ...).
+
+    Same parameters and result as :func:`flatfield`, every array one of ``xp``'s.  Only
+    elementwise operations and ``astype``: no boolean-mask assignment (a device
+    synchronisation on CuPy) and no ``dtype=`` on ``bitwise_or`` (not in every CuPy).
+    """
+    if tuple(flat.shape) != tuple(data.shape):
         raise ValueError(f"flat shape {flat.shape} differs from the image's {data.shape}")
-    f = np.array(flat)
-    q = np.array(flat_dq, dtype=np.uint32)
-    q[np.isnan(f) | (f == 0.0)] |= _NO_FLAT_FIELD
-    f[(q & _NO_FLAT_FIELD) != 0] = 1.0
+    bad = xp.isnan(flat) | (flat == 0.0)
+    q = flat_dq.astype(np.uint32) | (bad.astype(np.uint32) * _NO_FLAT_FIELD)
+    # F = 1 where NO_FLAT_FIELD is set, in F's own dtype
+    f = xp.where((q & _NO_FLAT_FIELD) != 0, xp.ones((), dtype=flat.dtype), flat)
 
     data = (data / f).astype(data.dtype)
     dumo = (dumo / f).astype(dumo.dtype)
@@ -113,6 +144,6 @@ def flatfield(
     var_flat = None
     if include_var_flat:
         var_flat = data**2 / f_squared * flat_err**2
-        err = np.sqrt(err**2 + var_flat)
-    dq = np.bitwise_or(dq, q, dtype=np.uint32)
+        err = xp.sqrt(err**2 + var_flat)
+    dq = dq.astype(np.uint32) | q
     return FlatResult(data, err, var_poisson, var_rnoise, var_flat, dumo, dq)

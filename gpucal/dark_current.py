@@ -42,13 +42,10 @@ class DarkCurrentStep(Step[DarkCurrentParams]):
         ref = open_reference(refs["dark"], model)
         ny, nx = model.data.shape
         full = (ny + 2 * BORDER, nx + 2 * BORDER)
-        trim = (slice(BORDER, -BORDER), slice(BORDER, -BORDER))
-        dark_slope = check_array("dark", "dark_slope", ref.dark_slope, full, np.float32)[trim]
-        dark_dq = check_array("dark", "dq", ref.dq, full, np.uint32)[trim]
-        data, dq = self.backend.dark_current(
-            np.asarray(model.data, dtype=np.float32), np.asarray(model.dq, dtype=np.uint32),
-            np.ascontiguousarray(dark_slope, dtype=np.float32), np.ascontiguousarray(dark_dq, dtype=np.uint32),
-        )
+        # full frames: the backend trims the border (and can cache the arrays as they are in the file)
+        dark_slope = check_array("dark", "dark_slope", ref.dark_slope, full, np.float32, source=refs["dark"])
+        dark_dq = check_array("dark", "dq", ref.dq, full, np.uint32, source=refs["dark"])
+        data, dq = self.backend.dark_current(model.data, model.dq, dark_slope, dark_dq)
         model.data = data
         model.dq = dq
         model.meta.cal_step.dark = "COMPLETE"

@@ -68,7 +68,7 @@ class DQInitStep(Step[DQInitParams]):
             mask = open_reference(refs["mask"], ramp)
             dq = np.asarray(mask.dq)
             if dq.shape == (ny, nx):
-                mask_dq = check_array("mask", "dq", dq, (ny, nx), np.uint32)
+                mask_dq = check_array("mask", "dq", dq, (ny, nx), np.uint32, source=refs["mask"])
             else:
                 log.warning("MASK reference dq shape %s does not match the exposure %s: not applied", dq.shape, (ny, nx))
         meta = ramp.meta

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from gpucal.params import StepParams, param
-from gpucal.refs import open_reference
+from gpucal.refs import check_array, open_reference
 from gpucal.stepbase import Step
 
 __all__ = ["FlatFieldStep", "FlatFieldParams"]
@@ -40,17 +40,19 @@ class FlatFieldStep(Step[FlatFieldParams]):
             model.meta.cal_step.flat_field = "SKIPPED"
             return model
         ref = open_reference(refs["flat"], model)
-        flat = np.asarray(ref.data)
-        if flat.shape != model.data.shape:
-            log.warning("FLAT shape %s does not match the image %s: step skipped", flat.shape, model.data.shape)
+        shape = tuple(model.data.shape)
+        if np.shape(ref.data) != shape:
+            log.warning("FLAT shape %s does not match the image %s: step skipped", np.shape(ref.data), shape)
             model.meta.cal_step.flat_field = "SKIPPED"
             return model
-        var_rnoise = np.asarray(model.var_rnoise) if "var_rnoise" in model._instance else None
+        source = refs["flat"]
+        flat = check_array("flat", "data", ref.data, shape, np.float32, source=source)
+        flat_err = check_array("flat", "err", ref.err, shape, np.float32, source=source)
+        flat_dq = check_array("flat", "dq", ref.dq, shape, np.uint32, source=source)
+        var_rnoise = model.var_rnoise if "var_rnoise" in model._instance else None
         result = self.backend.flatfield(
-            np.asarray(model.data, dtype=np.float32), np.asarray(model.err), np.asarray(model.var_poisson),
-            var_rnoise, np.asarray(model.dumo), np.asarray(model.dq, dtype=np.uint32),
-            np.asarray(flat, dtype=np.float32), np.asarray(ref.err, dtype=np.float32),
-            np.asarray(ref.dq, dtype=np.uint32), self.params.include_var_flat,
+            model.data, model.err, model.var_poisson, var_rnoise, model.dumo, model.dq,
+            flat, flat_err, flat_dq, self.params.include_var_flat,
         )
         model.data = result.data
         model.err = result.err.astype(np.float16)

@@ -71,10 +71,12 @@ def create_image_model(
     }
     if "wcs" not in im.meta:
         im.meta.wcs = None
+    # array methods only: the arrays may live on the device (they come back in one go
+    # when the pipeline ends), so no NumPy functions that would pull them to the host
     for name in _RAMP_COPIES:
-        im[name] = np.array(ramp[name], copy=True)
-    im.data = np.ascontiguousarray(slope[_TRIM], dtype=np.float32)
-    im.dq = np.ascontiguousarray(dq[_TRIM], dtype=np.uint32)
+        im[name] = ramp[name].copy()
+    im.data = slope[_TRIM].astype(np.float32, order="C")
+    im.dq = dq[_TRIM].astype(np.uint32, order="C")
     im.err = err[_TRIM].astype(np.float16)
     im.var_poisson = var_poisson[_TRIM].astype(np.float16)
     if include_var_rnoise:

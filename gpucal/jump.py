@@ -60,7 +60,7 @@ def load_gain_readnoise(step: Step, model: Any) -> tuple[np.ndarray, np.ndarray]
         if not refs[reftype].available:
             raise ReferenceFileError(f"no {reftype.upper()} reference file applies to this exposure (CRDS said N/A)")
         ref = open_reference(refs[reftype], model)
-        arrays.append(check_array(reftype, "data", ref.data, (ny, nx), np.float32).astype(np.float32, copy=False))
+        arrays.append(check_array(reftype, "data", ref.data, (ny, nx), np.float32, source=refs[reftype]))
     return arrays[0], arrays[1]
 
 

@@ -74,12 +74,14 @@ class LinearityStep(Step[LinearityParams]):
         k, ny, nx = model.data.shape
         lin = open_reference(refs["linearity"], model)
         ilin = open_reference(refs["inverselinearity"], model)
-        lin_coeffs = np.asarray(lin.coeffs, dtype=np.float32)
-        ilin_coeffs = np.asarray(ilin.coeffs, dtype=np.float32)
-        for name, arr in (("linearity", lin_coeffs), ("inverselinearity", ilin_coeffs)):
-            if arr.ndim != 3 or arr.shape[1:] != (ny, nx):
-                raise ReferenceFileError(f"{name} coeffs have shape {arr.shape}, the exposure needs (n, {ny}, {nx})")
-        lin_dq = check_array("linearity", "dq", lin.dq, (ny, nx), np.uint32).astype(np.uint32, copy=False)
+        coeffs = []
+        for name, ref in (("linearity", lin), ("inverselinearity", ilin)):
+            shape = np.shape(ref.coeffs)
+            if len(shape) != 3 or shape[1:] != (ny, nx):
+                raise ReferenceFileError(f"{name} coeffs have shape {shape}, the exposure needs (n, {ny}, {nx})")
+            coeffs.append(check_array(name, "coeffs", ref.coeffs, shape, np.float32, source=refs[name]))
+        lin_coeffs, ilin_coeffs = coeffs
+        lin_dq = check_array("linearity", "dq", lin.dq, (ny, nx), np.uint32, source=refs["linearity"])
         inl = None
         if refs["integralnonlinearity"].available:
             inl = inl_table(open_reference(refs["integralnonlinearity"], model), nx)

@@ -79,7 +79,7 @@ class RefPixStep(Step[RefPixParams]):
         width = nx // NCHANNELS
         nfreq = ny * (width + PAD) // 2 + 1
         coeffs = [
-            check_array("refpix", name, getattr(ref, name), (NCHANNELS, nfreq), np.complex128)
+            check_array("refpix", name, getattr(ref, name), (NCHANNELS, nfreq), np.complex128, source=refs["refpix"])
             for name in ("gamma", "zeta", "alpha")
         ]
         result = self.backend.refpix(model.data, np.asarray(model.amp33), model.pixeldq, *coeffs)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +20,15 @@ import numpy as np
 
 from gpucal.errors import ReferenceFileError
 
-__all__ = ["REFERENCE_MODELS", "Resolved", "resolve", "open_reference", "check_array", "crds_parameters"]
+__all__ = [
+    "REFERENCE_MODELS",
+    "Resolved",
+    "resolve",
+    "open_reference",
+    "check_array",
+    "crds_parameters",
+    "reference_key",
+]
 
 log = logging.getLogger(__name__)
 
@@ -136,9 +146,19 @@ def open_reference(resolved: Resolved, exposure: Any) -> Any:
 
 
 def check_array(
-    reftype: str, name: str, array: Any, shape: tuple[int, ...], dtype: Any | None = None
+    reftype: str,
+    name: str,
+    array: Any,
+    shape: tuple[int, ...],
+    dtype: Any | None = None,
+    *,
+    source: Resolved | None = None,
 ) -> np.ndarray:
     """Return ``array`` as ndarray after checking its shape (and dtype kind).
+
+    With ``source`` (the reference file it was read from) the array is also cast to
+    ``dtype`` and tagged with the file's identity (:func:`reference_key`), so a device
+    backend can keep one copy of it on the device across exposures.
 
     Raises
     ------
@@ -152,4 +172,52 @@ def check_array(
         raise ReferenceFileError(f"{reftype} reference {name} has shape {arr.shape}, the exposure needs {tuple(shape)}")
     if dtype is not None and np.dtype(arr.dtype).kind != np.dtype(dtype).kind:
         raise ReferenceFileError(f"{reftype} reference {name} has dtype {arr.dtype}, expected {np.dtype(dtype).name}")
+    if source is not None and source.available:
+        if dtype is not None:
+            arr = arr.astype(dtype, copy=False)
+        _tag(arr, _file_identity(source.path) + (name, arr.dtype.str, arr.shape))
     return arr
+
+
+# id(array) -> (weak reference to it, identity of the file content it holds)
+_KEYS: dict[int, tuple[weakref.ref[np.ndarray], tuple[Any, ...]]] = {}
+_KEYS_LOCK = threading.Lock()
+
+
+def _file_identity(path: str) -> tuple[Any, ...]:
+    st = os.stat(path)
+    return (os.path.realpath(path), st.st_mtime_ns, st.st_size)
+
+
+def _tag(array: np.ndarray, key: tuple[Any, ...]) -> None:
+    ident = id(array)
+
+    def forget(_: object, ident: int = ident) -> None:
+        with _KEYS_LOCK:
+            _KEYS.pop(ident, None)
+
+    with _KEYS_LOCK:
+        _KEYS[ident] = (weakref.ref(array, forget), key)
+
+
+def reference_key(array: Any) -> tuple[Any, ...] | None:
+    """The identity of a reference array's content, or None for any other array.
+
+    Arrays returned by :func:`check_array` with a ``source`` carry (file path, mtime,
+    size, array name, dtype, shape); a view of one (``ref[4:-4, 4:-4]``) carries its
+    base's key plus its byte offset, shape and strides.  Equal keys mean equal content,
+    so a device copy made for one exposure can serve the next.
+    """
+    if not isinstance(array, np.ndarray):
+        return None
+    with _KEYS_LOCK:
+        entry = _KEYS.get(id(array))
+    if entry is not None and entry[0]() is array:
+        return entry[1]
+    base = array.base
+    if isinstance(base, np.ndarray):
+        base_key = reference_key(base)
+        if base_key is not None:
+            offset = array.__array_interface__["data"][0] - base.__array_interface__["data"][0]
+            return (*base_key, "view", offset, array.shape, array.strides, array.dtype.str)
+    return None

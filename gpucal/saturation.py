@@ -42,8 +42,9 @@ class SaturationStep(Step[SaturationParams]):
             return model
         ref = open_reference(refs["saturation"], model)
         k, ny, nx = model.data.shape
-        threshold = check_array("saturation", "data", ref.data, (ny, nx), np.float32).astype(np.float32, copy=False)
-        ref_dq = check_array("saturation", "dq", ref.dq, (ny, nx), np.uint32).astype(np.uint32, copy=False)
+        source = refs["saturation"]
+        threshold = check_array("saturation", "data", ref.data, (ny, nx), np.float32, source=source)
+        ref_dq = check_array("saturation", "dq", ref.dq, (ny, nx), np.uint32, source=source)
         timing = read_timing(model.meta.exposure.read_pattern, float(model.meta.exposure.frame_time))
         result = self.backend.saturation(
             model.data, model.groupdq, model.pixeldq, threshold, ref_dq, timing,

@@ -139,9 +139,10 @@ class Step(Generic[P]):
         """Run the step: resolve the backend (top level), process, finalize, save."""
         top = self.parent is None
         if top:
-            from gpucal.backends.select import select_backend
+            if self.backend is None:
+                from gpucal.backends.select import select_backend
 
-            self.backend = select_backend(self.params.backend)
+                self.backend = select_backend(self.params.backend)
         else:
             assert self.parent is not None
             self.backend = self.parent.backend
@@ -163,6 +164,8 @@ class Step(Generic[P]):
         ctx: contextlib.AbstractContextManager[list[str]] = _cal_log_context() if top else contextlib.nullcontext([])
         with ctx as lines:
             result = self.process(model)
+            if top:  # the products come back from the device here, once
+                result = self.backend.to_host(result)
             self.finalize(result)
             elapsed = time.perf_counter() - start
             self.timings[self.name] = elapsed

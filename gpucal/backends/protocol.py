@@ -18,7 +18,7 @@ inputs being unchanged.  Backends never read files or models and never log per p
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -119,6 +119,10 @@ class Backend(Protocol):
     """What every backend module/object provides."""
 
     name: str
+
+    def to_host(self, model: Any) -> Any:
+        """``model`` with every array on the host (the products' one download), in place."""
+        ...
 
     def dq_init(
         self,

@@ -1,7 +1,8 @@
 """Choosing the array backend once per run: ``auto``, ``gpu`` or ``cpu``.
 
 The GPU probe returns ``(ok, reason)`` and never raises: CuPy must import, see a device
-(``cupy.is_available()``) and reach NVRTC, and gpucal's CuPy backend must be present.
+(``cupy.is_available()``) and reach NVRTC.  The GPU backend is made once per process, so
+its reference cache serves every exposure of a batch.
 ``auto`` falls back to the CPU with one warning; an explicit ``gpu`` that cannot run is
 an error naming the reason.
 """
@@ -9,12 +10,12 @@ an error naming the reason.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import logging
+from typing import Any
 
 from gpucal.errors import BackendUnavailableError
 
-__all__ = ["probe_gpu", "select_backend", "BACKEND_CHOICES"]
+__all__ = ["probe_gpu", "select_backend", "gpu_backend", "BACKEND_CHOICES"]
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +40,15 @@ def probe_gpu() -> tuple[bool, str]:
         nvrtc.getVersion()
     except Exception as exc:
         return False, f"NVRTC is not usable ({type(exc).__name__}: {exc}); install the nvidia-cuda-nvrtc wheel"
-    if importlib.util.find_spec("gpucal.backends.cupy_backend") is None:
-        return False, "this gpucal build has no CuPy backend yet"
     return True, "CUDA device available"
+
+
+@functools.lru_cache(maxsize=1)
+def gpu_backend() -> Any:
+    """The process's one GPU backend (its reference cache serves every exposure)."""
+    from gpucal.backends.cupy_backend import CupyBackend
+
+    return CupyBackend()
 
 
 def select_backend(name: str):  # noqa: ANN201 - returns a Backend implementation
@@ -57,9 +64,10 @@ def select_backend(name: str):  # noqa: ANN201 - returns a Backend implementatio
     if name in ("auto", "gpu"):
         ok, reason = probe_gpu()
         if ok:
-            from gpucal.backends.cupy_backend import CupyBackend  # type: ignore[import-not-found]
-
-            return CupyBackend()
+            try:
+                return gpu_backend()
+            except Exception as exc:  # a device that probes well but cannot start
+                ok, reason = False, f"the CUDA device failed to start ({type(exc).__name__}: {exc})"
         if name == "gpu":
             raise BackendUnavailableError(f"--backend=gpu cannot run: {reason}")
         log.warning("No usable GPU (%s); using the CPU backend", reason)

@@ -11,6 +11,7 @@ SKIPPED, as for a romancal run with them skipped).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -127,7 +128,8 @@ class ExposurePipeline(Step[ExposurePipelineParams]):
             steps["jump"].params = dataclasses.replace(steps["jump"].params, skip=True)
         model = run("jump", model)
         if self.params.save_calibrated_ramp:
-            self.save(model, suffix="ramp")
+            with _on_host(self.backend, model):
+                self.save(model, suffix="ramp")
         model = run("rampfit", model)
         for key in ("dark_current", "assign_wcs", "photom"):
             model = run(key, model)
@@ -146,8 +148,10 @@ class ExposurePipeline(Step[ExposurePipelineParams]):
     def _saturated_product(self, ramp: Any) -> Any:
         from gpucal.image import fully_saturated_image
 
+        ramp = self.backend.to_host(ramp)  # a rare product, assembled on the host
         timing = read_timing(ramp.meta.exposure.read_pattern, float(ramp.meta.exposure.frame_time))
-        image = fully_saturated_image(ramp, self.backend.uniform_slope(ramp.data, timing))
+        slope = self.backend.to_host({"dumo": self.backend.uniform_slope(ramp.data, timing)})["dumo"]
+        image = fully_saturated_image(ramp, slope)
         for key in _SATURATED_SHORTCUT_SKIPS:
             set_cal_step(image, key, "SKIPPED")
         set_cal_step(image, "tweakreg", "SKIPPED")
@@ -172,6 +176,12 @@ class ExposurePipeline(Step[ExposurePipelineParams]):
 
         wcs_model = rdm.WfiWcsModel.from_model_with_wcs(model)
         write_model(wcs_model, self.output_path(model, suffix="wcs"))
+
+
+def _on_host(backend: Any, model: Any) -> contextlib.AbstractContextManager[Any]:
+    """Host copies of a model's device arrays while it is saved mid-pipeline."""
+    on_host = getattr(backend, "on_host", None)
+    return on_host(model) if on_host is not None else contextlib.nullcontext(model)
 
 
 def _fully_saturated(model: Any) -> bool:

@@ -1,0 +1,175 @@
+"""The CuPy backend: :class:`~gpucal.backends.device.backend.DeviceBackend` on a CUDA device.
+
+:class:`CupyRuntime` is the :class:`gpucal.backends.runtime.DeviceRuntime` of a real GPU:
+
+* one stream per runtime; every kernel launch and CuPy operation of the backend runs on
+  it (``active()``), so the steps run back to back without host waits; it is a blocking
+  stream, so array operations the steps make on CuPy's default stream stay in order;
+* uploads go through page-locked (pinned) staging buffers, asynchronously on that stream,
+  so the copy engine runs at full speed and the host thread does not wait for it; the
+  staging buffer is kept until the copy is done;
+* downloads wait for the stream (they are the end of an exposure's work);
+* device time per label from CUDA events recorded on the stream (:meth:`timed`);
+* kernels are :func:`gpucal.kernels._loader.load_gpu_module` RawModules (compiled once
+  per process by NVRTC, cached on disk by CuPy under ``CUPY_CACHE_DIR``).
+
+CuPy is imported when a runtime is made, never at module import.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from gpucal.backends.device.backend import DeviceBackend
+from gpucal.backends.runtime import KernelFunction, TransferLog
+
+__all__ = ["CupyRuntime", "CupyBackend"]
+
+#: Host arrays at least this large go up through a pinned staging buffer.
+PINNED_THRESHOLD = 1 << 20
+
+
+class CupyRuntime:
+    """A CUDA device through CuPy (see the module docstring).
+
+    Parameters
+    ----------
+    device : int
+        CUDA device ordinal.
+    """
+
+    kind = "cuda"
+
+    def __init__(self, device: int = 0) -> None:
+        import cupy
+
+        self.xp = cupy
+        self._cupy = cupy
+        self.device = cupy.cuda.Device(device)
+        with self.device:
+            # a blocking stream: work the steps queue on CuPy's default stream (array
+            # methods called outside active(), e.g. while the image model is assembled)
+            # is ordered after the kernels queued here, and before what follows
+            self.stream = cupy.cuda.Stream(non_blocking=False)
+        props = cupy.cuda.runtime.getDeviceProperties(device)
+        name = props["name"]
+        name = name.decode() if isinstance(name, bytes) else str(name)
+        self.device_name = f"{name} (CUDA device {device}, sm_{props['major']}{props['minor']})"
+        self.transfers = TransferLog()
+        self._pending: list[tuple[str, Any, Any]] = []
+        self._times: dict[str, float] = {}
+        self._inflight: list[tuple[Any, Any]] = []  # (event, pinned buffer) of async uploads
+        self._lock = threading.Lock()
+
+    # ---------------------------------------------------------------- copies
+    def upload(self, host: np.ndarray, label: str, dtype: Any = None) -> Any:
+        cupy = self._cupy
+        a = np.ascontiguousarray(host, dtype=dtype)
+        with self.device, self.stream:
+            dev = cupy.empty(a.shape, a.dtype)
+            if a.nbytes >= PINNED_THRESHOLD:
+                import cupyx
+
+                pinned = cupyx.empty_pinned(a.shape, a.dtype)
+                np.copyto(pinned, a)
+                dev.set(pinned, stream=self.stream)
+                done = cupy.cuda.Event(block=False, disable_timing=True)
+                done.record(self.stream)
+                with self._lock:
+                    self._inflight = [(e, b) for e, b in self._inflight if not e.done]
+                    self._inflight.append((done, pinned))
+            else:
+                dev.set(a, stream=self.stream)
+                self.stream.synchronize()  # pageable source: keep the caller's buffer safe
+        self.transfers.record("h2d", a.nbytes, label)
+        return dev
+
+    def download(self, array: Any, label: str) -> np.ndarray:
+        with self.device, self.stream:
+            out = array.get(stream=self.stream)
+            self.stream.synchronize()
+        self.transfers.record("d2h", out.nbytes, label)
+        return np.ascontiguousarray(out)
+
+    def is_device_array(self, obj: Any) -> bool:
+        return isinstance(obj, self._cupy.ndarray)
+
+    def empty(self, shape: tuple[int, ...], dtype: Any) -> Any:
+        with self.device, self.stream:
+            return self._cupy.empty(shape, dtype=dtype)
+
+    def zeros(self, shape: tuple[int, ...], dtype: Any) -> Any:
+        with self.device, self.stream:
+            return self._cupy.zeros(shape, dtype=dtype)
+
+    # --------------------------------------------------------------- kernels
+    def function(self, module: str, kernel: str) -> KernelFunction:
+        from gpucal.kernels._loader import load_gpu_module
+
+        with self.device:
+            k = load_gpu_module(module).get_function(kernel)
+
+        def launch(grid: tuple[int, ...], block: tuple[int, ...], args: tuple[Any, ...]) -> None:
+            with self.device, self.stream:
+                k(grid, block, args)
+
+        return launch
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        with self.device, self.stream:
+            yield
+
+    # ---------------------------------------------------------------- memory
+    def free_memory(self) -> int:
+        with self.device:
+            free, _ = self._cupy.cuda.runtime.memGetInfo()
+            return int(free + self._cupy.get_default_memory_pool().free_bytes())
+
+    def total_memory(self) -> int:
+        with self.device:
+            return int(self._cupy.cuda.runtime.memGetInfo()[1])
+
+    def synchronize(self) -> None:
+        self.stream.synchronize()
+
+    # ---------------------------------------------------------------- timing
+    @contextlib.contextmanager
+    def timed(self, label: str) -> Iterator[None]:
+        cupy = self._cupy
+        start, end = cupy.cuda.Event(), cupy.cuda.Event()
+        start.record(self.stream)
+        try:
+            yield
+        finally:
+            end.record(self.stream)
+            with self._lock:
+                self._pending.append((label, start, end))
+
+    def device_times(self) -> dict[str, float]:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for label, start, end in pending:
+            end.synchronize()
+            ms = self._cupy.cuda.get_elapsed_time(start, end)
+            self._times[label] = self._times.get(label, 0.0) + float(ms)
+        return dict(self._times)
+
+    def reset_times(self) -> None:
+        self.device_times()
+        self._times.clear()
+
+
+class CupyBackend(DeviceBackend):
+    """gpucal's GPU backend: the device backend on :class:`CupyRuntime` (name ``gpu``)."""
+
+    def __init__(self, device: int = 0) -> None:
+        import cupy
+
+        oom: tuple[type[BaseException], ...] = (cupy.cuda.memory.OutOfMemoryError,)
+        super().__init__(CupyRuntime(device), name="gpu", oom_errors=oom)
