@@ -35,7 +35,7 @@ _RAMP_COPIES = (
 def jump_indices(groupdq: np.ndarray) -> np.ndarray:
     """(N, 3) int16 (resultant, y, x) of JUMP_DET flags in the science area, trimmed coords."""
     science = groupdq[:, BORDER:-BORDER, BORDER:-BORDER]
-    k, y, x = np.nonzero(science & GroupFlag.JUMP_DET)
+    k, y, x = np.nonzero(science & np.uint8(GroupFlag.JUMP_DET))
     return np.stack([k, y, x], axis=1).astype(np.int16) if k.size else np.zeros((0, 3), dtype=np.int16)
 
 

@@ -26,6 +26,9 @@ __all__ = ["JumpStep", "JumpStepParams"]
 
 log = logging.getLogger(__name__)
 
+# a NumPy scalar, not the IntFlag: CuPy takes NumPy scalars, not int subclasses
+_JUMP = np.uint8(GroupFlag.JUMP_DET)
+
 _D = JumpParams()
 
 
@@ -85,9 +88,9 @@ class JumpStep(Step[JumpStepParams]):
             max_jump_to_flag_neighbors=p.max_jump_to_flag_neighbors,
             min_jump_to_flag_neighbors=p.min_jump_to_flag_neighbors,
         )
-        before = int(np.count_nonzero(model.groupdq & GroupFlag.JUMP_DET))
+        before = int(np.count_nonzero(model.groupdq & _JUMP))
         model.groupdq = self.backend.jump(model.data, model.groupdq, readnoise, gain, timing, jp)
-        after = int(np.count_nonzero(model.groupdq & GroupFlag.JUMP_DET))
+        after = int(np.count_nonzero(model.groupdq & _JUMP))
         log.info("Jump step flagged %d resultants", after - before)
         model.meta.cal_step["jump"] = "COMPLETE"
         return model

@@ -11,6 +11,8 @@ without a GPU.  To make that a real check of device residency, it keeps CuPy's r
 * the array namespace :data:`xp` (:class:`EmulatedNumpy`) makes device arrays;
   ``xp.asarray``/``xp.array`` of a host array is an *implicit upload* and is recorded as
   such in the transfer log (the backend must never make one);
+* Python scalars must be plain ``int``/``float``/``complex``/``bool`` (or NumPy scalars):
+  CuPy refuses subclasses such as ``IntFlag`` members;
 * kernels are the exact ``.cu`` sources compiled by :mod:`gpucal.kernels.cpu_shim`, and
   every array argument must be a device array (CuPy rejects host arrays there too);
 * free memory is a budget the test sets, so row blocks can be forced.
@@ -43,6 +45,10 @@ def _is_host(obj: Any) -> bool:
 
 def _check(objs: Any, where: str) -> None:
     for obj in objs:
+        if isinstance(obj, int | float | complex) and type(obj) not in (int, float, complex, bool):
+            # CuPy takes Python scalars of exactly these types (and NumPy scalars): an
+            # IntFlag member is refused with "Unsupported type"
+            raise HostDeviceMixError(f"{type(obj).__name__} scalar in {where}: pass a NumPy scalar")
         if _is_host(obj):
             raise HostDeviceMixError(f"host ndarray {obj.shape} {obj.dtype} used with device arrays in {where}")
         if isinstance(obj, list | tuple):

@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
+
 from gpucal.assign_wcs import AssignWcsStep
 from gpucal.dark_current import DarkCurrentStep
 from gpucal.dark_decay import DarkDecayStep
@@ -185,7 +187,7 @@ def _on_host(backend: Any, model: Any) -> contextlib.AbstractContextManager[Any]
 
 
 def _fully_saturated(model: Any) -> bool:
-    sat_g = (model.groupdq & GroupFlag.SATURATED) != 0
+    sat_g = (model.groupdq & np.uint8(GroupFlag.SATURATED)) != 0
     if sat_g.all():
         return True
-    return bool(((model.pixeldq & PixelFlag.SATURATED) != 0).all())
+    return bool(((model.pixeldq & np.uint32(PixelFlag.SATURATED)) != 0).all())

@@ -10,6 +10,9 @@ import numpy as np
 
 from gpucal.dq import PixelFlag
 
+#: Slopes agree within this many sigma (issue 5 item 5).
+PULL_BOUND = 1e-3
+
 
 @dataclass(frozen=True)
 class Agreement:
@@ -18,6 +21,7 @@ class Agreement:
     good_both: int  # pixels without DO_NOT_USE in both, finite err > 0
     max_pull: float  # max |slope_a - slope_b| / err_b over good_both
     median_pull: float
+    over: int  # good_both pixels with a pull above PULL_BOUND
 
     @property
     def dq_differ_fraction(self) -> float:
@@ -26,7 +30,7 @@ class Agreement:
     def __str__(self) -> str:
         return (f"{self.npix} pixels: DQ differs on {self.dq_differ} ({self.dq_differ_fraction:.2e}); "
                 f"{self.good_both} good in both, |dslope|/err max {self.max_pull:.2e}, "
-                f"median {self.median_pull:.2e}")
+                f"median {self.median_pull:.2e}, {self.over} above {PULL_BOUND:g}")
 
 
 def _arrays(model: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -49,4 +53,5 @@ def agreement(a: Any, b: Any) -> Agreement:
         good_both=int(good.sum()),
         max_pull=float(pull.max()) if pull.size else 0.0,
         median_pull=float(np.median(pull)) if pull.size else 0.0,
+        over=int(np.count_nonzero(pull > PULL_BOUND)),
     )
