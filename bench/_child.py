@@ -12,6 +12,9 @@ every step, writing) and writes what it measured to the spec's ``result`` path:
   ``gpucal.io.open_model`` / ``write_model``; romancal: ``open_dataset`` / the pipeline's
   ``save_model``, which also writes the wcs file).  romancal opens arrays lazily, so part
   of its reading lands in its first step;
+* gpucal only: ``backend`` (the spec's ``backend``, default ``cpu``), ``device`` and
+  ``device_ms``: milliseconds per step from the backend's optional ``device_times()``
+  (CUDA events), null when the backend has none;
 * ``vmhwm_after_import_kib`` / ``vmhwm_kib``: this process's peak resident set
   (``VmHWM``) after the imports and at the end.  ``VmHWM`` belongs to the address space
   made at ``exec``, so it is this run's alone; ``ru_maxrss`` (also kept) is not: Linux
@@ -78,6 +81,7 @@ class _Run:
         self.vmhwm_after_import_kib: int | None = None
         self.steps: dict[str, float] = {}
         self.extra: dict[str, float] = {}
+        self.info: dict[str, Any] = {}
 
     def imported(self) -> None:
         self.import_s = time.perf_counter() - self.start
@@ -92,20 +96,25 @@ def _run_gpucal(spec: dict[str, Any], run: _Run) -> None:
     from gpucal.backends.select import select_backend
     from gpucal.pipeline import ExposurePipeline
 
-    select_backend("cpu")  # imports the NumPy backend now, not inside the timed run
+    backend = spec.get("backend", "cpu")
+    select_backend(backend)  # imports the backend (NumPy or CuPy) now, not inside the timed run
     run.imported()
 
     gpucal.io.open_model = run.timer.wrap("read", gpucal.io.open_model)
     gpucal.io.write_model = run.timer.wrap("write", gpucal.io.write_model)
     start = time.perf_counter()
     pipeline = ExposurePipeline.from_values({
-        "backend": "cpu", "save_results": True, "output_dir": spec["output_dir"],
+        "backend": backend, "save_results": True, "output_dir": spec["output_dir"],
         "steps": {"rampfit": {"algorithm": spec["algorithm"]}, **{k: {"skip": True} for k in spec["skip_steps"]}},
     })
     pipeline.run(spec["uncal"])
     run.extra["run_s"] = time.perf_counter() - start
     run.steps = {k: float(v) for k, v in pipeline.timings.items() if k in pipeline.steps}
     run.extra["pipeline_s"] = float(pipeline.timings.get(pipeline.name, float("nan")))
+    used = pipeline.backend
+    device_times = getattr(used, "device_times", None)  # optional: ms per step from CUDA events
+    run.info.update(backend=getattr(used, "name", backend), device=getattr(used, "device_name", None),
+                    device_ms={k: float(v) for k, v in device_times().items()} if callable(device_times) else None)
 
 
 def _run_romancal(spec: dict[str, Any], run: _Run) -> None:
@@ -165,6 +174,7 @@ def main(spec_path: str) -> int:
         "vmhwm_kib": _vmhwm_kib(),
         "maxrss_kib": _maxrss_kib(),
         **run.extra,
+        **run.info,
     }
     Path(spec["result"]).write_text(json.dumps(result, indent=1))
     return 0

@@ -37,12 +37,15 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from dataclasses import dataclass
 from importlib import metadata, util
 from pathlib import Path
 from typing import Any
+
+if __package__:
+    from ._common import add_step_times, load, measure_process, read_child_result
+else:  # run as a script: python bench/cpu_benchmark.py
+    from _common import add_step_times, load, measure_process, read_child_result
 
 SCHEMA = "gpucal-cpu-benchmark/1"
 HERE = Path(__file__).resolve().parent
@@ -55,7 +58,6 @@ FULL_FRAME = (4096, 4096)
 #: romancal 1.1.0's dark_decay broadcasts a (4096, 4096) correction onto the frame, so it
 #: cannot calibrate fewer rows: its small warm-up skips that step (untimed, so no matter).
 ROMANCAL_SUBFRAME_SKIPS = ("dark_decay",)
-KIB_PER_MIB = 1024.0
 
 
 # ---------------------------------------------------------------------------- machine
@@ -116,11 +118,6 @@ def git_state() -> dict[str, Any] | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return {"commit": commit, "uncommitted": changed}
-
-
-def load() -> list[float]:
-    """1-, 5- and 15-minute load averages (other jobs on the machine make timings noisy)."""
-    return [round(x, 2) for x in os.getloadavg()]
 
 
 # ---------------------------------------------------------------------------- exposure
@@ -192,93 +189,31 @@ def crds_environment(demo: Demo) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------------------- children
-def _read_vmhwm_kib(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def _poll_vmhwm(pid: int, stop: threading.Event, seen: list[int]) -> None:
-    """Keep the largest ``VmHWM`` of ``pid`` in ``seen[0]`` until ``stop`` (a fallback)."""
-    while not stop.wait(0.25):
-        value = _read_vmhwm_kib(pid)
-        if value is not None:
-            seen[0] = max(seen[0], value)
-
-
 def run_child(tool: str, demo: Demo, algorithm: str, workdir: Path, label: str, timeout: float,
-              skip_steps: tuple[str, ...] = ()) -> dict[str, Any]:
+              skip_steps: tuple[str, ...] = (), backend: str = "cpu") -> dict[str, Any]:
     """Calibrate ``demo`` with ``tool`` in a fresh process; return its measurements.
 
     ``wall_s`` spans process start to exit (interpreter start, imports, run, exit);
     ``peak_rss_mib`` is that one child's ``VmHWM`` (its own report, else the polled one).
+    ``backend`` is gpucal's ``--backend`` (romancal ignores it).
     """
     out_dir = workdir / label
     out_dir.mkdir(parents=True, exist_ok=True)
     spec_path, result_path, log_path = out_dir / "spec.json", out_dir / "result.json", out_dir / "child.log"
     spec = {"tool": tool, "uncal": str(demo.uncal), "output_dir": str(out_dir), "algorithm": algorithm,
-            "result": str(result_path), "skip_steps": list(skip_steps)}
+            "result": str(result_path), "skip_steps": list(skip_steps), "backend": backend}
     spec_path.write_text(json.dumps(spec))
-    load_before = load()
-    with log_path.open("w") as log_file:
-        start = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--child", str(spec_path)],
-                                env=crds_environment(demo), cwd=out_dir, stdout=log_file, stderr=subprocess.STDOUT)
-        timer = threading.Timer(timeout, proc.kill)
-        timer.start()
-        stop, polled = threading.Event(), [0]
-        poller = threading.Thread(target=_poll_vmhwm, args=(proc.pid, stop, polled), daemon=True)
-        poller.start()
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            timer.cancel()
-            stop.set()
-            poller.join()
-        wall = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, so Popen must not wait
-    record: dict[str, Any] = {
-        "wall_s": round(wall, 3),
-        "exit_status": proc.returncode,
-        "peak_rss_mib": round(polled[0] / KIB_PER_MIB, 1) if polled[0] else None,
-        "peak_rss_source": "VmHWM polled",
-        "ru_maxrss_mib": round(usage.ru_maxrss / KIB_PER_MIB, 1),
-        "cpu_user_s": round(usage.ru_utime, 2),
-        "cpu_sys_s": round(usage.ru_stime, 2),
-        "load_before": load_before,
-        "load_after": load(),
-        "log": str(log_path),
-    }
-    if proc.returncode != 0 or not result_path.exists():
-        tail = log_path.read_text(errors="replace")[-3000:]
-        record.update(status="failed", error=tail)
+    record = measure_process([sys.executable, str(Path(__file__).resolve()), "--child", str(spec_path)],
+                             env=crds_environment(demo), cwd=out_dir, log_path=log_path, timeout=timeout)
+    child = read_child_result(record, result_path)
+    if child is None:
         return record
-    child = json.loads(result_path.read_text())
-    if child.get("vmhwm_kib"):
-        record.update(peak_rss_mib=_mib(child["vmhwm_kib"]), peak_rss_source="VmHWM at child's end")
-    steps = {k: round(v, 3) for k, v in child["steps"].items()}
-    accounted = child["read_s"] + child["write_s"] + sum(child["steps"].values())
-    record.update(
-        status="ok",
-        import_s=round(child["import_s"], 3),
-        run_s=round(child["run_s"], 3),
-        read_s=round(child["read_s"], 3),
-        write_s=round(child["write_s"], 3),
-        other_s=round(child["run_s"] - accounted, 3),
-        steps=steps,
-        rss_after_import_mib=_mib(child.get("vmhwm_after_import_kib")),
-        cal=str(out_dir / demo.uncal.name.replace("_uncal", "_cal")),
-    )
+    add_step_times(record, child)
+    record["cal"] = str(out_dir / demo.uncal.name.replace("_uncal", "_cal"))
+    for key in ("backend", "device", "device_ms"):  # what gpucal's child says of its backend
+        if key in child:
+            record[key] = child[key]
     return record
-
-
-def _mib(kib: int | None) -> float | None:
-    return round(kib / KIB_PER_MIB, 1) if kib else None
 
 
 def summarize(repeats: list[dict[str, Any]]) -> dict[str, Any]:

@@ -390,8 +390,62 @@ def _parse_size(text: str) -> tuple[int, int]:
 
 
 @gpucal_main.command()
+@click.option("--arch", default="80,90", show_default=True,
+              help="CUDA architectures to compile for with NVRTC (no GPU needed), comma separated.")
+@click.option("--warm/--no-warm", default=True, show_default=True,
+              help="Also build the kernels on this machine's GPU into CuPy's cache (CUPY_CACHE_DIR), if usable.")
+def kernels(arch: str, warm: bool) -> None:
+    """Compile every CUDA kernel with NVRTC; on a GPU, warm CuPy's kernel cache."""
+    from gpucal.backends.select import probe_gpu
+    from gpucal.kernels._loader import check_kernels, warm_gpu_cache
+
+    try:
+        for line in check_kernels(tuple(a.strip() for a in arch.split(",") if a.strip())):
+            click.echo(line)
+    except Exception as exc:  # NVRTC missing, or a kernel that does not compile
+        click.echo(f"gpucal kernels: error: {exc}", err=True)
+        sys.exit(1)
+    ok, reason = probe_gpu()
+    if not warm:
+        return
+    if not ok:
+        click.echo(f"No usable GPU ({reason}): CuPy's kernel cache not warmed.")
+        return
+    for line in warm_gpu_cache():
+        click.echo(line)
+
+
+@gpucal_main.command()
 def info() -> None:
     """Show GPUs (NVML), CUDA/NVRTC versions and the backend 'auto' picks."""
     from gpucal.backends.info import describe
 
     click.echo(describe())
+
+
+@gpucal_main.command(add_help_option=False,
+                     context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("suite_args", nargs=-1, type=click.UNPROCESSED)
+def bench(suite_args: tuple[str, ...]) -> None:
+    """Run the benchmark suite (bench/suite.py); `gpucal bench -h` lists its options."""
+    suite = _import_bench_suite()
+    sys.exit(suite.main(list(suite_args), prog="gpucal bench"))
+
+
+def _import_bench_suite() -> Any:
+    """``bench.suite`` from the source checkout this gpucal runs from (an editable install)."""
+    import importlib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "bench" / "suite.py").is_file():
+        raise click.ClickException(
+            f"the benchmark suite is not installed with gpucal (no bench/ beside {root / 'gpucal'}): "
+            "run `gpucal bench` from an editable install of a source checkout (pip install -e .)")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    module = importlib.import_module("bench.suite")
+    if Path(module.__file__ or "").resolve().parent != root / "bench":
+        raise click.ClickException(f"`bench` resolves to {module.__file__}, not {root / 'bench'}; "
+                                   "run `gpucal bench` from the source checkout")
+    return module

@@ -275,3 +275,43 @@ def parse_ptxas_log(log: str) -> dict[str, KernelStats]:
         )
         for name, s in stats.items()
     }
+
+
+def check_kernels(arches: tuple[str, ...] = ("80", "90")) -> list[str]:
+    """Compile every kernel source with NVRTC for each arch (no device needed).
+
+    Returns one report line per (source, arch): kernels, most registers, stack, spills.
+
+    Raises
+    ------
+    RuntimeError
+        A source did not compile (the NVRTC log is in the message).
+    """
+    lines = []
+    for name in kernel_names():
+        for arch in arches:
+            ok, log = nvrtc_compile(name, arch)
+            if not ok:
+                raise RuntimeError(f"{name}.cu does not compile for sm_{_arch_number(arch)}:\n{log}")
+            entries = [s for s in parse_ptxas_log(log).values() if s.is_entry]
+            lines.append(
+                f"{name}.cu sm_{_arch_number(arch)}: {len(entries)} kernels, "
+                f"<= {max((s.registers for s in entries), default=0)} registers, "
+                f"stack <= {max((s.stack_frame for s in entries), default=0)} B, "
+                f"spills {sum(s.spill_stores + s.spill_loads for s in entries)} B"
+            )
+    return lines
+
+
+def warm_gpu_cache() -> list[str]:
+    """Build every kernel module on the current GPU, filling CuPy's on-disk cache.
+
+    Returns one line per module.  Needs a usable device (``CUPY_CACHE_DIR`` says where
+    the cubins go; later processes load them without compiling).
+    """
+    lines = []
+    for name in kernel_names():
+        module = load_gpu_module(name)
+        module.compile()
+        lines.append(f"{name}.cu built for the current device")
+    return lines
