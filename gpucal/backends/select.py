@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 
 BACKEND_CHOICES = ("auto", "gpu", "cpu")
 
+_WARNED: set[str] = set()
+
 
 @functools.lru_cache(maxsize=1)
 def probe_gpu() -> tuple[bool, str]:
@@ -70,7 +72,9 @@ def select_backend(name: str):  # noqa: ANN201 - returns a Backend implementatio
                 ok, reason = False, f"the CUDA device failed to start ({type(exc).__name__}: {exc})"
         if name == "gpu":
             raise BackendUnavailableError(f"--backend=gpu cannot run: {reason}")
-        log.warning("No usable GPU (%s); using the CPU backend", reason)
+        if reason not in _WARNED:  # once per process, not once per file of a batch
+            _WARNED.add(reason)
+            log.warning("No usable GPU (%s); using the CPU backend", reason)
     from cpu_fallback import CpuBackend
 
     return CpuBackend()

@@ -37,12 +37,16 @@ def test_explicit_gpu_without_one_is_an_error_naming_the_reason(crds_env, uncal_
 
 
 @needs_no_gpu
-def test_auto_without_gpu_warns_once_and_records_cpu(crds_env, uncal_copy, caplog):
+def test_auto_without_gpu_warns_once_and_records_cpu(crds_env, uncal_copy, caplog, monkeypatch):
     import roman_datamodels.datamodels as rdm
 
+    from gpucal.backends import select
+
+    monkeypatch.setattr(select, "_WARNED", set())
     with caplog.at_level(logging.WARNING, logger="gpucal.backends.select"):
         status = run_strun(["roman_elp", str(uncal_copy), f"--output_dir={uncal_copy.parent}"])
     assert status == 0
+    select_backend("auto")  # a second file of a batch: no second warning
     warnings = [r for r in caplog.records if "No usable GPU" in r.getMessage()]
     assert len(warnings) == 1 and GPU_REASON in warnings[0].getMessage()
     with rdm.open(uncal_copy.parent / uncal_copy.name.replace("_uncal", "_cal")) as cal:
