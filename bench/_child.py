@@ -115,6 +115,20 @@ def _run_gpucal(spec: dict[str, Any], run: _Run) -> None:
     device_times = getattr(used, "device_times", None)  # optional: ms per step from CUDA events
     run.info.update(backend=getattr(used, "name", backend), device=getattr(used, "device_name", None),
                     device_ms={k: float(v) for k, v in device_times().items()} if callable(device_times) else None)
+    _device_traffic(used, run)
+
+
+def _device_traffic(backend: Any, run: _Run) -> None:
+    """A device backend's bytes per step, host<->device copies, and the device's copy bandwidth."""
+    device_bytes = getattr(backend, "device_bytes", None)
+    runtime = getattr(backend, "rt", None)
+    if not callable(device_bytes) or runtime is None:
+        return
+    run.info["device_bytes"] = {k: int(v) for k, v in device_bytes().items()}
+    run.info["transfers_bytes"] = runtime.transfers.by_label()
+    probe = getattr(runtime, "copy_bandwidth", None)
+    if callable(probe):  # after the timed run, so it costs the run nothing
+        run.info["copy_bandwidth_gbs"] = probe()
 
 
 def _run_romancal(spec: dict[str, Any], run: _Run) -> None:

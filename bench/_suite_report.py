@@ -10,6 +10,8 @@ __all__ = ["device_info", "gpu_software", "nvml_overall", "goals", "text_table",
            "GOAL_E2E_OVER_FLOOR", "GOAL_FILES_PER_HOUR"]
 
 GOAL_E2E_OVER_FLOOR = 1.3  # end-to-end time per file / I/O floor, at most
+#: Device kernel chain: effective bandwidth at least this share of the measured copy bandwidth.
+GOAL_CHAIN_FRACTION = 0.6
 GOAL_FILES_PER_HOUR = 3000.0  # per GPU, at least
 
 
@@ -81,6 +83,21 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a is not None and b else None
 
 
+def device_bandwidth(summary: dict[str, Any]) -> dict[str, Any] | None:
+    """Per step and for the chain: device bytes / device time (GB/s), and its share of the
+    device's measured device-to-device copy bandwidth (issue 6 goal: the chain >= 60%)."""
+    ms, nbytes, copy = summary.get("device_ms"), summary.get("device_bytes"), summary.get("copy_bandwidth_gbs")
+    if not ms or not nbytes:
+        return None
+    steps = {k: round(nbytes[k] / (ms[k] / 1e3) / 1e9, 2) for k in nbytes if ms.get(k)}
+    total_ms = sum(ms.get(k, 0.0) for k in nbytes)
+    chain = sum(nbytes.values()) / (total_ms / 1e3) / 1e9 if total_ms else None
+    d2d = (copy or {}).get("d2d_gbs")
+    return {"steps_gbs": steps, "chain_gbs": round(chain, 2) if chain else None, "d2d_copy_gbs": d2d,
+            "chain_fraction_of_copy": round(chain / d2d, 3) if chain and d2d else None,
+            "goal_min_fraction": GOAL_CHAIN_FRACTION}
+
+
 def goals(result: dict[str, Any]) -> dict[str, Any]:
     """The issue's goals, evaluated per backend; reported, never asserted.
 
@@ -123,6 +140,9 @@ def goals(result: dict[str, Any]) -> dict[str, Any]:
         "note": "the goals are for the gpu backend on one GPU; other backends' figures are for reference",
         "end_to_end_over_io_floor": {"goal_max": GOAL_E2E_OVER_FLOOR, "io_floor_s": floor,
                                      "io_floor_cold_s": floor_cold, "backends": e2e},
+        "device_chain_bandwidth": {"goal_min_fraction_of_copy": GOAL_CHAIN_FRACTION,
+                                   "backends": {b: blk["summary"].get("device_bandwidth")
+                                                for b, blk in result.get("single", {}).items()}},
         "files_per_hour": {"goal_min": GOAL_FILES_PER_HOUR, "per": "GPU",
                            "io_floor_files_per_hour": floor_block.get("files_per_hour"), "backends": fph},
     }

@@ -211,8 +211,9 @@ def _summarize(recs: list[dict[str, Any]]) -> dict[str, Any]:
     summary["device_ms"] = ({k: round(statistics.median(d.get(k, 0.0) for d in device), 3) for k in device[0]}
                             if device else None)
     summary["nvml"] = _suite_report.nvml_overall([r.get("nvml", {}) for r in ok])
-    for key in ("backend", "device"):
+    for key in ("backend", "device", "device_bytes", "transfers_bytes", "copy_bandwidth_gbs"):
         summary[key] = ok[0].get(key)
+    summary["device_bandwidth"] = _suite_report.device_bandwidth(summary)
     return summary
 
 

@@ -197,3 +197,15 @@ def test_gpucal_bench_without_a_source_checkout(monkeypatch, tmp_path):
     assert result.exit_code == 1
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "source checkout" in lines[0]
+
+
+def test_device_bandwidth_share_of_the_copy_bandwidth():
+    from bench._suite_report import GOAL_CHAIN_FRACTION, device_bandwidth
+
+    summary = {"device_ms": {"linearity": 10.0, "ramp_fit": 30.0}, "device_bytes": {"linearity": 2e9, "ramp_fit": 4e9},
+               "copy_bandwidth_gbs": {"d2d_gbs": 300.0}}
+    out = device_bandwidth(summary)
+    assert out["steps_gbs"] == {"linearity": 200.0, "ramp_fit": pytest.approx(133.33, abs=0.01)}
+    assert out["chain_gbs"] == 150.0 and out["chain_fraction_of_copy"] == 0.5
+    assert out["goal_min_fraction"] == GOAL_CHAIN_FRACTION
+    assert device_bandwidth({"device_ms": None}) is None

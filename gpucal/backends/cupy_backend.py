@@ -164,6 +164,36 @@ class CupyRuntime:
         self.device_times()
         self._times.clear()
 
+    def copy_bandwidth(self, nbytes: int = 1 << 29) -> dict[str, float]:
+        """Measured copy bandwidth (GB/s): host->device and device->host from pinned
+        memory, and device->device (read + write bytes), each timed by CUDA events after
+        one untimed pass.  For the bench: a step's bytes over its device time, against this."""
+        import cupyx
+
+        cupy = self._cupy
+        n = max(1, nbytes // 4)
+        with self.device, self.stream:
+            host = cupyx.empty_pinned((n,), np.float32)
+            host[...] = 1.0
+            dev = cupy.empty((n,), np.float32)
+            dev2 = cupy.empty_like(dev)
+
+            def seconds(fn: Any) -> float:
+                fn()
+                start, end = cupy.cuda.Event(), cupy.cuda.Event()
+                start.record(self.stream)
+                fn()
+                end.record(self.stream)
+                end.synchronize()
+                return float(cupy.cuda.get_elapsed_time(start, end)) / 1e3
+
+            h2d = seconds(lambda: dev.set(host, stream=self.stream))
+            d2h = seconds(lambda: dev.get(stream=self.stream, out=host))
+            d2d = seconds(lambda: dev2.__setitem__(Ellipsis, dev))
+        size = n * 4
+        return {"h2d_gbs": size / h2d / 1e9, "d2h_gbs": size / d2h / 1e9, "d2d_gbs": 2 * size / d2d / 1e9,
+                "bytes": size}
+
 
 class CupyBackend(DeviceBackend):
     """gpucal's GPU backend: the device backend on :class:`CupyRuntime` (name ``gpu``)."""

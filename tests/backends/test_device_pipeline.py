@@ -96,6 +96,9 @@ def test_ramp_goes_up_once_references_stay_products_come_back(device, crds_env, 
     last_up = max(i for i, t in enumerate(records) if t.direction == "h2d")
     first_down = min(i for i, t in enumerate(records) if t.direction == "d2h")
     assert last_up < first_down
+    traffic = device.device_bytes()  # what the bench divides by device time
+    assert traffic["ramp_fit"] >= 4 * ramp_bytes and traffic["dq_init"] >= 2 * ramp_bytes  # float32 ramp out
+    assert set(device.device_times()) >= set(traffic)
     ref_uploads = [t for t in ups if t.label.startswith("reference:")]
     assert len(ref_uploads) >= 10  # mask, saturation x2, refpix x3, linearity x3, gain, readnoise, dark, flat...
     assert len({t.label for t in ref_uploads}) == len(ref_uploads), "a reference went up twice"

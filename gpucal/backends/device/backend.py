@@ -142,7 +142,12 @@ def _device_op(method: Callable[..., Any]) -> Callable[..., Any]:
         name = method.__name__
         try:
             with self.rt.active(), self.rt.timed(name):
-                return method(self, *args, **kwargs)
+                result = method(self, *args, **kwargs)
+            # device memory the step read and wrote (inputs on the device + results), for
+            # its effective bandwidth against the device's copy bandwidth (bench)
+            moved = self._device_nbytes(args) + self._device_nbytes(kwargs.values()) + self._device_nbytes((result,))
+            self.step_bytes[name] = self.step_bytes.get(name, 0) + moved
+            return result
         except self.oom_errors as exc:
             self.cache.clear()
             raise DeviceMemoryError(
@@ -178,6 +183,7 @@ class DeviceBackend:
         self.cache = ReferenceCache(runtime, int(CACHE_FRACTION * runtime.total_memory()))
         self.streamed = False
         self._chain_row_bytes = 0
+        self.step_bytes: dict[str, int] = {}
 
     # ------------------------------------------------------------------ arrays
     def _dev(self, array: Any, label: str, dtype: Any = None) -> Any:
@@ -246,8 +252,33 @@ class DeviceBackend:
         """Milliseconds of device time per backend method since the last reset."""
         return self.rt.device_times()
 
+    def device_bytes(self) -> dict[str, int]:
+        """Bytes of device arrays each backend method took in and gave back, since the last reset.
+
+        Distinct arrays are counted once per call (an in-place output is the input), so
+        this is a lower bound of the memory traffic; bytes / device time is the step's
+        effective bandwidth.
+        """
+        return dict(self.step_bytes)
+
     def reset_device_times(self) -> None:
         self.rt.reset_times()
+        self.step_bytes.clear()
+
+    def _device_nbytes(self, values: Any) -> int:
+        seen: dict[int, int] = {}
+
+        def visit(v: Any) -> None:
+            if self.rt.is_device_array(v):
+                base = v.base if v.base is not None and self.rt.is_device_array(v.base) else v
+                seen[id(base)] = max(seen.get(id(base), 0), int(v.nbytes))
+            elif isinstance(v, tuple | list):
+                for item in v:
+                    visit(item)
+
+        for v in values:
+            visit(v)
+        return sum(seen.values())
 
     # ------------------------------------------------------------- row blocks
     def _blocked(
