@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from gpucal.asdf_lz4 import parallel_lz4
 from gpucal.errors import GpucalError, InputFileError, NoScienceDataError
 
 __all__ = ["open_model", "check_exposure", "write_model", "exposure_geometry"]
@@ -70,7 +71,7 @@ def open_model(path: str | os.PathLike[str]) -> Any:
     try:
         # our own checks come first (a missing science array is "no science data", exit
         # 64, not a schema error); the schema is validated explicitly below
-        with asdf.config_context() as cfg:
+        with parallel_lz4(reading=True), asdf.config_context() as cfg:
             cfg.validate_on_read = False
             model = rdm.open(path)
     except Exception as exc:
@@ -78,7 +79,8 @@ def open_model(path: str | os.PathLike[str]) -> Any:
     if not isinstance(model, rdm.DataModel):
         raise InputFileError(f"{path} is not a Roman datamodel")
     try:
-        _load_arrays(model)
+        with parallel_lz4():
+            _load_arrays(model)
     except Exception as exc:
         model.close()
         raise InputFileError(f"cannot read the arrays of {path} (truncated or corrupt?): {_reason(exc)}") from None
@@ -209,7 +211,8 @@ def write_model(model: Any, path: str | os.PathLike[str]) -> Path:
     try:
         tmp = tmpdir / path.name
         try:
-            model.save(tmp)
+            with parallel_lz4():
+                model.save(tmp)
         except Exception as exc:
             raise GpucalError(f"cannot write {path}: {_reason(exc)}") from None
         os.replace(tmp, path)
