@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,10 @@ class CpuBackend:
     def to_host(self, model: Any) -> Any:
         """The model itself: the NumPy backend's arrays are host arrays already."""
         return model
+
+    def on_host(self, model: Any) -> contextlib.AbstractContextManager[Any]:
+        """The model itself, for a mid-pipeline save."""
+        return contextlib.nullcontext(model)
 
     def dq_init(
         self,

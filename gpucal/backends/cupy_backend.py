@@ -84,8 +84,8 @@ class CupyRuntime:
                     self._inflight = [(e, b) for e, b in self._inflight if not e.done]
                     self._inflight.append((done, pinned))
             else:
+                # pageable source: the driver stages it before returning, so no wait
                 dev.set(a, stream=self.stream)
-                self.stream.synchronize()  # pageable source: keep the caller's buffer safe
         self.transfers.record("h2d", a.nbytes, label)
         return dev
 

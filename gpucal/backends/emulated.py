@@ -108,9 +108,6 @@ class DeviceArray(np.ndarray):
     def get(self, *args: Any, **kwargs: Any) -> Any:
         raise HostDeviceMixError("device code must download through the runtime, not .get()")
 
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:  # type: ignore[override]  # np.asarray of a device array
-        return self.view(np.ndarray) if dtype is None else self.view(np.ndarray).astype(dtype)
-
 
 class _Fft:
     """``xp.fft``: NumPy's FFTs on device arrays, results on the device."""

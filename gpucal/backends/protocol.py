@@ -17,6 +17,7 @@ inputs being unchanged.  Backends never read files or models and never log per p
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
@@ -122,6 +123,10 @@ class Backend(Protocol):
 
     def to_host(self, model: Any) -> Any:
         """``model`` with every array on the host (the products' one download), in place."""
+        ...
+
+    def on_host(self, model: Any) -> AbstractContextManager[Any]:
+        """Host copies of ``model``'s arrays for the duration (a mid-pipeline save)."""
         ...
 
     def dq_init(

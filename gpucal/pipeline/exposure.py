@@ -11,7 +11,6 @@ SKIPPED, as for a romancal run with them skipped).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import time
@@ -130,7 +129,7 @@ class ExposurePipeline(Step[ExposurePipelineParams]):
             steps["jump"].params = dataclasses.replace(steps["jump"].params, skip=True)
         model = run("jump", model)
         if self.params.save_calibrated_ramp:
-            with _on_host(self.backend, model):
+            with self.backend.on_host(model):
                 self.save(model, suffix="ramp")
         model = run("rampfit", model)
         for key in ("dark_current", "assign_wcs", "photom"):
@@ -178,12 +177,6 @@ class ExposurePipeline(Step[ExposurePipelineParams]):
 
         wcs_model = rdm.WfiWcsModel.from_model_with_wcs(model)
         write_model(wcs_model, self.output_path(model, suffix="wcs"))
-
-
-def _on_host(backend: Any, model: Any) -> contextlib.AbstractContextManager[Any]:
-    """Host copies of a model's device arrays while it is saved mid-pipeline."""
-    on_host = getattr(backend, "on_host", None)
-    return on_host(model) if on_host is not None else contextlib.nullcontext(model)
 
 
 def _fully_saturated(model: Any) -> bool:

@@ -350,7 +350,7 @@ class DeviceBackend:
             )
             assert data_h is not None and pdq_h is not None
             return DQInitResult(data_h, pdq_h)
-        self.cache.make_room(max(0, int(MEMORY_FRACTION * (self.rt.free_memory() + self.cache.nbytes)) - need))
+        self.cache.make_room(max(0, free - need))
         if self.rt.is_device_array(data):
             raw = data.astype(np.uint16, copy=False)
         else:

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from cpu_fallback.image import _science_area, flatfield_xp
+from cpu_fallback.image import dark_current as host_dark_current
+from cpu_fallback.image import flatfield_xp
 from gpucal.backends.protocol import FlatResult
 from gpucal.backends.runtime import DeviceRuntime
 
@@ -40,10 +41,8 @@ def dark_current(rt: DeviceRuntime, slope: Any, dq: Any, dark_slope: Any, dark_d
     slope, dq : device array
         The updated inputs (float32, uint32).
     """
-    with rt.active():
-        slope -= _science_area(dark_slope, slope.shape, "dark_slope")
-        dq |= _science_area(dark_dq, dq.shape, "dark dq")
-    return slope, dq
+    with rt.active():  # cpu_fallback's in-place arithmetic is namespace-neutral
+        return host_dark_current(slope, dq, dark_slope, dark_dq)
 
 
 def flatfield(
