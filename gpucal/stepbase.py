@@ -173,7 +173,10 @@ class Step(Generic[P]):
             if top:
                 self.finalize_top(result, lines)
         if self.params.save_results or self.params.output_file:
-            self.save(result)
+            # inside a pipeline the arrays may still be on the device: host copies for the
+            # save, the device arrays stay in the model for the next step
+            with self.backend.on_host(result):
+                self.save(result)
         return result
 
     def process(self, model: Any) -> Any:  # pragma: no cover - abstract

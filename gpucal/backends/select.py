@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from typing import Any
 
 from gpucal.errors import BackendUnavailableError
 
-__all__ = ["probe_gpu", "select_backend", "gpu_backend", "BACKEND_CHOICES"]
+__all__ = ["probe_gpu", "select_backend", "gpu_backend", "emulated_backend", "BACKEND_CHOICES", "EMULATE_ENV"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,21 @@ def probe_gpu() -> tuple[bool, str]:
     return True, "CUDA device available"
 
 
+#: Set to ``1`` (CI and developers only) to run ``--backend=gpu``/``auto`` on the emulated
+#: device: the device backend's whole code path with the CUDA kernels built for the CPU
+#: (:mod:`gpucal.backends.emulated`), recorded as backend ``emulated`` in the product.
+EMULATE_ENV = "GPUCAL_EMULATE_GPU"
+
+
+@functools.lru_cache(maxsize=1)
+def emulated_backend() -> Any:
+    """The process's one emulated-device backend (``GPUCAL_EMULATE_GPU=1``)."""
+    from gpucal.backends.device.backend import DeviceBackend
+    from gpucal.backends.emulated import EmulatedRuntime
+
+    return DeviceBackend(EmulatedRuntime(), name="emulated")
+
+
 @functools.lru_cache(maxsize=1)
 def gpu_backend() -> Any:
     """The process's one GPU backend (its reference cache serves every exposure)."""
@@ -63,6 +79,8 @@ def select_backend(name: str):  # noqa: ANN201 - returns a Backend implementatio
     """
     if name not in BACKEND_CHOICES:
         raise BackendUnavailableError(f"unknown backend {name!r}; choose one of {', '.join(BACKEND_CHOICES)}")
+    if name in ("auto", "gpu") and os.environ.get(EMULATE_ENV) == "1":
+        return emulated_backend()
     if name in ("auto", "gpu"):
         ok, reason = probe_gpu()
         if ok:
