@@ -395,14 +395,20 @@ def _parse_size(text: str) -> tuple[int, int]:
 @click.option("--warm/--no-warm", default=True, show_default=True,
               help="Also build the kernels on this machine's GPU into CuPy's cache (CUPY_CACHE_DIR), if usable.")
 def kernels(arch: str, warm: bool) -> None:
-    """Compile every CUDA kernel with NVRTC; on a GPU, warm CuPy's kernel cache."""
+    """Compile every CUDA kernel with NVRTC and check CuPy's compiler finds the CUDA headers; on a GPU, warm
+    CuPy's kernel cache."""
     from gpucal.backends.select import probe_gpu
     from gpucal.kernels._loader import check_kernels, warm_gpu_cache
+    from gpucal.kernels.cupy_toolchain import check_toolchain
 
+    arches = tuple(a.strip().lower().removeprefix("sm_") for a in arch.split(",") if a.strip())
     try:
-        for line in check_kernels(tuple(a.strip() for a in arch.split(",") if a.strip())):
+        for line in check_kernels(arches):
             click.echo(line)
-    except Exception as exc:  # NVRTC missing, or a kernel that does not compile
+        # CuPy's own element-wise/reduction kernels need the CUDA headers at first use
+        for line in check_toolchain(arches):
+            click.echo(line)
+    except Exception as exc:  # NVRTC or the CUDA headers missing, or a kernel that does not compile
         click.echo(f"gpucal kernels: error: {exc}", err=True)
         sys.exit(1)
     ok, reason = probe_gpu()

@@ -1,8 +1,12 @@
 """Choosing the array backend once per run: ``auto``, ``gpu`` or ``cpu``.
 
 The GPU probe returns ``(ok, reason)`` and never raises: CuPy must import, see a device
-(``cupy.is_available()``) and reach NVRTC.  The GPU backend is made once per process, so
-its reference cache serves every exposure of a batch.
+(``cupy.is_available()``), reach NVRTC and find the CUDA headers its own kernels include
+(:mod:`gpucal.kernels.cupy_toolchain`), and then kernels must actually run: it compiles and
+launches one tiny RawKernel and one CuPy element-wise operation and checks the numbers read
+back, so a missing header, a card this NVRTC no longer builds for or a broken driver makes
+``auto`` fall back with the reason.  The GPU backend is made once per process, so its
+reference cache serves every exposure of a batch.
 ``auto`` falls back to the CPU with one warning; an explicit ``gpu`` that cannot run is
 an error naming the reason.
 """
@@ -43,7 +47,64 @@ def probe_gpu() -> tuple[bool, str]:
         nvrtc.getVersion()
     except Exception as exc:
         return False, f"NVRTC is not usable ({type(exc).__name__}: {exc}); install the nvidia-cuda-nvrtc wheel"
-    return True, "CUDA device available"
+    problem = toolchain_problem() or kernel_problem(cupy)
+    if problem:
+        return False, problem
+    return True, "CUDA device available (a test kernel compiled, ran and returned the right numbers)"
+
+
+def toolchain_problem(options: tuple[str, ...] | None = None) -> str | None:
+    """Why CuPy could not compile its own kernels here (missing CUDA headers), or None.
+
+    ``options``: the include options to look in; default CuPy's own.  Needs no device.
+    """
+    try:
+        from gpucal.kernels.cupy_toolchain import cupy_compile_options, find_headers, install_hint
+
+        opts = cupy_compile_options() if options is None else options
+        missing = [h for h, hit in find_headers(opts).items() if hit is None]
+    except Exception as exc:  # CuPy's internals changed or are broken: say so, never raise
+        return f"CuPy's compiler options are unavailable ({type(exc).__name__}: {_first_line(exc)})"
+    if missing:
+        return (f"CuPy cannot compile kernels: the CUDA headers {', '.join(missing)} are not on its include path; "
+                f"{install_hint()}")
+    return None
+
+
+#: The probe's RawKernel: y[i] = 2 x[i] + 1 (sm-independent, no headers).
+_PROBE_SOURCE = r"""
+extern "C" __global__ void gpucal_probe(const float* x, float* y, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] = 2.0f * x[i] + 1.0f;
+}
+"""
+_PROBE_N = 64
+
+
+def kernel_problem(cupy: Any) -> str | None:
+    """Compile and launch one RawKernel and one CuPy element-wise op; why that failed, or None."""
+    import numpy as np
+
+    host = np.arange(_PROBE_N, dtype=np.float32)
+    try:
+        x = cupy.asarray(host)
+        y = cupy.empty_like(x)
+        cupy.RawKernel(_PROBE_SOURCE, "gpucal_probe")((1,), (_PROBE_N,), (x, y, np.int32(_PROBE_N)))
+        got = cupy.asnumpy(y * x)  # a CuPy element-wise kernel (NVRTC, CUDA headers); waits for both
+    except Exception as exc:  # CompileException, CUDADriverError (no kernel image, bad driver), ...
+        return f"a CUDA test kernel could not be compiled or run ({type(exc).__name__}: {_first_line(exc)})"
+    want = (2.0 * host + 1.0) * host
+    if not np.array_equal(got, want):
+        bad = int(np.count_nonzero(got != want))
+        return f"a CUDA test kernel ran but returned wrong numbers ({bad} of {_PROBE_N} values differ)"
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    """The most telling line of an exception's message (a compiler's first error), shortened."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    errors = [line for line in lines if "error" in line.lower()]
+    return ((errors or lines or [type(exc).__name__])[0])[:300]
 
 
 #: Set to ``1`` (CI and developers only) to run ``--backend=gpu``/``auto`` on the emulated
