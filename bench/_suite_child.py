@@ -96,7 +96,7 @@ def _batch(spec: dict[str, Any], report: dict[str, Any]) -> None:
     report.update(
         batch_wall_s=result.wall_seconds,
         per_file_s=[o.seconds for o in result.outcomes],
-        failed=[o.error or o.path for o in result.failed],
+        failed=[o.error or o.input for o in result.failed],
         outputs=[Path(p).name for o in result.outcomes for p in o.outputs],
         device_ms_per_file=[_device_ms_total(step) for step in steps],
     )

@@ -3,7 +3,8 @@
 A reader thread opens and checks the next exposures (ASDF parse and lz4 decompression)
 while the current one is calibrated; a writer thread compresses and saves finished
 products.  Queues of fixed depth bound memory to a few exposures.  A file that fails is
-reported and skipped; the others complete.
+reported and skipped; the others complete.  Each file goes through the phases of the unit
+of work (:mod:`gpucal.work`) and ends as one :class:`~gpucal.work.FileRecord`.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gpucal.errors import GpucalError
+from gpucal import work
+from gpucal.work import FileRecord
 
-__all__ = ["BatchResult", "FileOutcome", "run_batch", "expand_inputs"]
+__all__ = ["BatchResult", "run_batch", "expand_inputs"]
 
 log = logging.getLogger(__name__)
 
@@ -28,24 +30,15 @@ _DONE = object()
 
 
 @dataclass
-class FileOutcome:
-    """What happened to one input."""
-
-    path: str
-    status: int = 0
-    error: str | None = None
-    outputs: list[Path] = field(default_factory=list)
-    seconds: float = 0.0
-
-
-@dataclass
 class BatchResult:
-    outcomes: list[FileOutcome]
+    """The records of a batch, in input order, and its wall time (s)."""
+
+    outcomes: list[FileRecord]
     wall_seconds: float
 
     @property
-    def failed(self) -> list[FileOutcome]:
-        return [o for o in self.outcomes if o.status]
+    def failed(self) -> list[FileRecord]:
+        return [o for o in self.outcomes if o.status == work.FAILED]
 
 
 def expand_inputs(inputs: Iterable[str]) -> list[str]:
@@ -64,51 +57,50 @@ def expand_inputs(inputs: Iterable[str]) -> list[str]:
     return out
 
 
-def _exit_code(exc: BaseException) -> int:
-    return exc.exit_code if isinstance(exc, GpucalError) else 1
-
-
 def run_batch(
     inputs: Sequence[str],
     make_step: Callable[[], Any],
     *,
     read_ahead: int = 1,
-    on_done: Callable[[FileOutcome], None] | None = None,
+    checksum: bool = False,
+    on_done: Callable[[FileRecord], None] | None = None,
 ) -> BatchResult:
     """Calibrate ``inputs`` with steps from ``make_step`` (one fresh step per file).
 
-    The step must save nothing itself (``save_results`` off); products are written by
-    the writer thread through ``step.save``.
+    The phases of :mod:`gpucal.work` overlap across consecutive files: a reader thread
+    runs :func:`~gpucal.work.start` ahead, this thread :func:`~gpucal.work.compute`, a
+    writer thread :func:`~gpucal.work.finish`.  The step must save nothing itself
+    (``save_results`` off, see :func:`~gpucal.work.new_step`).  ``checksum`` records each
+    input's SHA-256 (for a ledger).
     """
-    from gpucal.io import open_model
-
-    start = time.perf_counter()
-    outcomes = {path: FileOutcome(path) for path in inputs}
+    start_time = time.perf_counter()
+    records: dict[str, FileRecord] = {}
     ready: queue.Queue[Any] = queue.Queue(maxsize=max(1, read_ahead))
     finished: queue.Queue[Any] = queue.Queue(maxsize=1)
+
+    def done(record: FileRecord) -> None:
+        records[record.input] = record
+        if on_done is not None:
+            on_done(record)
 
     def reader() -> None:
         for path in inputs:
             try:
-                ready.put((path, open_model(path), None))
+                ready.put((path, work.start(path, make_step(), checksum=checksum), None))
             except BaseException as exc:  # reported per file, never kills the batch
                 ready.put((path, None, exc))
         ready.put(_DONE)
 
     def writer() -> None:
         while True:
-            item = finished.get()
-            if item is _DONE:
+            job = finished.get()
+            if job is _DONE:
                 return
-            path, step, model, t0 = item
-            outcome = outcomes[path]
             try:
-                outcome.outputs.append(step.save(model))
+                record = work.finish(job)
             except BaseException as exc:
-                outcome.status, outcome.error = _exit_code(exc), f"{path}: {exc}"
-            outcome.seconds = time.perf_counter() - t0
-            if on_done is not None:
-                on_done(outcome)
+                record = work.failed_record(job, exc)
+            done(record)
 
     threads = [threading.Thread(target=reader, name="gpucal-reader", daemon=True),
                threading.Thread(target=writer, name="gpucal-writer", daemon=True)]
@@ -119,30 +111,20 @@ def run_batch(
             item = ready.get()
             if item is _DONE:
                 break
-            path, model, error = item
-            t0 = time.perf_counter()
-            outcome = outcomes[path]
+            path, job, error = item
             if error is None:
-                step = make_step()
-                step.input_path = path
                 try:
-                    result = step.run(model)
+                    work.compute(job)
                 except BaseException as exc:
                     if isinstance(exc, KeyboardInterrupt):
                         raise
                     error = exc
                 else:
-                    finished.put((path, step, result, t0))
+                    finished.put(job)
                     continue
-            outcome.status = _exit_code(error)
-            outcome.error = str(error) if isinstance(error, GpucalError) else f"{path}: {type(error).__name__}: {error}"
-            log.error("%s", outcome.error)
-            log.debug("%s failed", path, exc_info=error)
-            outcome.seconds = time.perf_counter() - t0
-            if on_done is not None:
-                on_done(outcome)
+            done(work.failed_record(job or path, error))
     finally:
         finished.put(_DONE)
         for thread in threads:
             thread.join(timeout=3600)
-    return BatchResult([outcomes[p] for p in inputs], time.perf_counter() - start)
+    return BatchResult([records[p] for p in inputs], time.perf_counter() - start_time)

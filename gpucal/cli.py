@@ -153,9 +153,10 @@ def _run_many(step_cls: Any, values: dict[str, Any], inputs: list[str]) -> int:
     import threading
 
     from gpucal.batch import run_batch
+    from gpucal.work import new_step
 
     def make_step() -> Any:
-        return step_cls.from_values(values)  # save_results off: the writer thread saves
+        return new_step(step_cls, values)  # save_results off: the writer thread saves
 
     lock = threading.Lock()
     with click.progressbar(length=len(inputs), label=f"Calibrating {len(inputs)} files", file=sys.stderr,
@@ -166,12 +167,12 @@ def _run_many(step_cls: Any, values: dict[str, Any], inputs: list[str]) -> int:
 
         result = run_batch(inputs, make_step, on_done=done)
     for outcome in result.failed:
-        _error(outcome.error or f"{outcome.path} failed")
+        _error(outcome.error or f"{outcome.input} failed")
     n_ok = len(inputs) - len(result.failed)
     click.echo(f"{n_ok} of {len(inputs)} files calibrated in {result.wall_seconds:.1f} s", err=True)
     if not result.failed:
         return 0
-    codes = {o.status for o in result.failed}
+    codes = {o.exit_code for o in result.failed}
     return codes.pop() if len(codes) == 1 else 1
 
 

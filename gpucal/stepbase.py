@@ -82,7 +82,11 @@ class Step(Generic[P]):
         self.backend: Any = None
         self.input_path: str | None = None
         self.ref_records: dict[str, str] = {}
+        #: reftype -> the file used ("N/A" when none applies)
+        self.ref_paths: dict[str, str] = {}
         self.timings: dict[str, float] = {}
+        #: every product this step (and, for the top step, its sub-steps) wrote
+        self.written: list[Path] = []
 
     # ----------------------------------------------------------------- construction
     @classmethod
@@ -190,6 +194,7 @@ class Step(Generic[P]):
         resolved = resolve(model, wanted, self.reference_overrides())
         for reftype, res in resolved.items():
             self.ref_records[reftype] = res.record
+            self.ref_paths[reftype] = res.path
         return resolved
 
     # ------------------------------------------------------------------ metadata
@@ -245,8 +250,15 @@ class Step(Generic[P]):
     def save(self, model: Any, suffix: str | None = None) -> Path:
         from gpucal.io import write_model
 
-        path = self.output_path(model, suffix)
-        return write_model(model, path)
+        return self.record_output(write_model(model, self.output_path(model, suffix)))
+
+    def record_output(self, path: Path) -> Path:
+        """Note a written product on the top step (a run's list of outputs)."""
+        top: Step = self
+        while top.parent is not None:
+            top = top.parent
+        top.written.append(path)
+        return path
 
     # --------------------------------------------------------------- description
     @classmethod

@@ -176,7 +176,7 @@ class ExposurePipeline(Step[ExposurePipelineParams]):
         from gpucal.io import write_model
 
         wcs_model = rdm.WfiWcsModel.from_model_with_wcs(model)
-        write_model(wcs_model, self.output_path(model, suffix="wcs"))
+        self.record_output(write_model(wcs_model, self.output_path(model, suffix="wcs")))
 
 
 def _fully_saturated(model: Any) -> bool:
