@@ -80,7 +80,8 @@ def test_suite_smoke(tmp_path, nvml_module):
     for n, run in batch.items():
         assert run["status"] == "ok" and run["files"] == int(n) and len(run["per_file_s"]) == int(n)
         assert run["files_per_hour"] > 0 and run["seconds_per_file"] > 0
-    assert len(set(batch["2"]["outputs"])) == 2  # distinct names, no product overwritten
+    outputs = batch["2"]["outputs"]  # every product (cal and wcs), distinct names: none overwritten
+    assert len(set(outputs)) == len(outputs) == 4 and sum(name.endswith("_cal.asdf") for name in outputs) == 2
 
     goals = result["goals"]
     assert goals["reported_not_asserted"] is True
