@@ -14,7 +14,9 @@ every step, writing) and writes what it measured to the spec's ``result`` path:
   of its reading lands in its first step;
 * gpucal only: ``backend`` (the spec's ``backend``, default ``cpu``), ``device`` and
   ``device_ms``: milliseconds per step from the backend's optional ``device_times()``
-  (CUDA events), null when the backend has none;
+  (CUDA events around the step's launches; uploads, downloads, kernel loads and host work
+  inside a step are left out), null when the backend has none; on a GPU the kernel modules
+  are loaded before the timed run (``kernel_warm_s``, part of ``import_s``);
 * ``vmhwm_after_import_kib`` / ``vmhwm_kib``: this process's peak resident set
   (``VmHWM``) after the imports and at the end.  ``VmHWM`` belongs to the address space
   made at ``exec``, so it is this run's alone; ``ru_maxrss`` (also kept) is not: Linux
@@ -32,6 +34,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+if __package__:
+    from ._common import warm_device
+else:  # loaded by bench/cpu_benchmark.py run as a script
+    from _common import warm_device
 
 STEP_ORDER = (
     "dq_init", "saturation", "refpix", "dark_decay", "wfi18_transient", "linearity", "jump",
@@ -97,8 +104,11 @@ def _run_gpucal(spec: dict[str, Any], run: _Run) -> None:
     from gpucal.pipeline import ExposurePipeline
 
     backend = spec.get("backend", "cpu")
-    select_backend(backend)  # imports the backend (NumPy or CuPy) now, not inside the timed run
+    # imports the backend (NumPy or CuPy) now, not inside the timed run; on a GPU, loads the
+    # kernel modules too (a first launch would compile or load them inside a timed step)
+    warm = warm_device(select_backend(backend))
     run.imported()
+    run.info["kernel_warm_s"] = warm
 
     gpucal.io.open_model = run.timer.wrap("read", gpucal.io.open_model)
     gpucal.io.write_model = run.timer.wrap("write", gpucal.io.write_model)

@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["KIB_PER_MIB", "add_step_times", "load", "measure_process", "mib", "read_child_result", "read_vmhwm_kib"]
+__all__ = ["KIB_PER_MIB", "DeviceTimePerFile", "add_step_times", "load", "measure_process", "mib", "read_child_result",
+           "read_vmhwm_kib", "warm_device"]
 
 KIB_PER_MIB = 1024.0
 
@@ -122,3 +123,57 @@ def add_step_times(record: dict[str, Any], child: dict[str, Any]) -> None:
         steps={k: round(v, 3) for k, v in child["steps"].items()},
         rss_after_import_mib=mib(child.get("vmhwm_after_import_kib")),
     )
+
+
+def warm_device(backend: Any) -> float | None:
+    """On a CUDA backend, load every gpucal kernel module before anything is timed; seconds.
+
+    A first launch compiles (NVRTC) or loads (CuPy's disk cache) its module on the host; done
+    here, no timed step pays it.  The backend's device clocks are reset after.  None (and
+    nothing done) on a backend that is not on a CUDA device.
+    """
+    runtime = getattr(backend, "rt", None)
+    if getattr(runtime, "kind", None) != "cuda":
+        return None
+    from gpucal.kernels._loader import warm_gpu_cache
+
+    start = time.perf_counter()
+    warm_gpu_cache()
+    backend.reset_device_times()
+    return time.perf_counter() - start
+
+
+class DeviceTimePerFile:
+    """Device milliseconds of each file of a batch, from a backend that times its steps.
+
+    The batch runs files one after the other on one backend, whose clocks add up until
+    reset: :meth:`next_file` (called as each file's calibration starts, after the previous
+    one's products came back) books what accumulated to the previous file and resets, and
+    :meth:`finish` books the last.  A backend without ``device_times`` gives None per file.
+    """
+
+    def __init__(self, backend: Any) -> None:
+        self.backend = backend
+        self.timed = callable(getattr(backend, "device_times", None))
+        self.per_file: list[float | None] = []
+        self._started = False
+
+    def _take(self) -> float | None:
+        if not self.timed:
+            return None
+        total = float(sum(self.backend.device_times().values()))
+        self.backend.reset_device_times()
+        return total
+
+    def next_file(self) -> None:
+        if self._started:
+            self.per_file.append(self._take())
+        else:  # what came before the batch (warm-up) is no file's
+            self._take()
+            self._started = True
+
+    def finish(self) -> list[float | None]:
+        if self._started:
+            self.per_file.append(self._take())
+            self._started = False
+        return self.per_file

@@ -8,36 +8,41 @@ utilisation is the fraction of time a kernel was running, power is the board's d
 comes from the device's energy counter when it has one (Volta and later), else from the
 power samples (trapezoids).
 
+Which device: the one CUDA uses as its device 0 (what the benchmark's children run on),
+found by PCI bus id (:func:`gpucal.backends.nvml.cuda_pci_bus_id`, then NVML's handle for
+that id), never by translating a ``CUDA_VISIBLE_DEVICES`` ordinal: NVML numbers devices by
+PCI order and CUDA by its own, and the two differ on mixed machines.
+
 The sampler never raises: without the ``nvidia-ml-py`` package, without a driver
 (``pynvml.NVMLError_LibraryNotFound``), without a device, or when a query fails mid-run,
 the summary says ``available: false`` (or keeps what was sampled) and gives the reason.
+Each query is asked on its own: one that fails at the first sample (utilisation under MIG
+raises ``NVMLError_NotSupported``) is listed in ``unsupported`` and not asked again, while
+the others go on; one that worked and then fails (a lost GPU) ends the sampling with ``error``.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
-import os
 import statistics
 import threading
 import time
 from types import ModuleType, TracebackType
 from typing import Any
 
-__all__ = ["NvmlSampler", "device_index_from_env"]
+from gpucal.backends.nvml import cuda_pci_bus_id, error_name, handle_for_bus_id, normalize_bus_id
+
+__all__ = ["NvmlSampler", "cuda_device_bus_id"]
 
 MIB = 2.0**20
 SERIES_POINTS = 200  # the JSON keeps at most this many samples per run (evenly thinned)
 
 
-def device_index_from_env() -> int | str:
-    """The NVML device CUDA's device 0 is: the first ``CUDA_VISIBLE_DEVICES`` entry, else 0.
-
-    A UUID entry (``GPU-...``) is returned as it is, for a look-up by UUID.
-    """
-    first = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
-    if first.isdigit():
-        return int(first)
-    return first if first.startswith(("GPU-", "MIG-")) else 0
+@functools.cache
+def cuda_device_bus_id() -> tuple[str | None, str]:
+    """PCI bus id of CUDA device 0 in this environment (what every child inherits), or why not."""
+    return cuda_pci_bus_id(0)
 
 
 def _import_pynvml() -> ModuleType:
@@ -54,14 +59,19 @@ class NvmlSampler:
     interval : float
         Seconds between samples.
     index : int or str, optional
-        NVML device index or UUID; default :func:`device_index_from_env`.
+        An explicit NVML device index or UUID.  Default: the device at the PCI bus id of
+        CUDA device 0 (``bus_id``).
     nvml : module, optional
         The ``pynvml`` module (tests pass a stand-in); default ``import pynvml``.
+    bus_id : str, optional
+        PCI bus id of the device to sample; default :func:`cuda_device_bus_id`.
     """
 
-    def __init__(self, interval: float = 0.1, index: int | str | None = None, nvml: ModuleType | None = None):
+    def __init__(self, interval: float = 0.1, index: int | str | None = None, nvml: ModuleType | None = None,
+                 bus_id: str | None = None):
         self.interval = interval
-        self.index = device_index_from_env() if index is None else index
+        self.index = index
+        self.bus_id = bus_id
         self._nvml = nvml
         self._handle: Any = None
         self._stop = threading.Event()
@@ -74,6 +84,8 @@ class NvmlSampler:
         self.name: str | None = None
         self.baseline_mib: float | None = None
         self.samples: list[tuple[float, float | None, float | None, float | None]] = []  # t, util %, MiB, W
+        self.unsupported: dict[str, str] = {}  # query -> error name, for queries failing from the start
+        self._worked: set[str] = set()
 
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self) -> NvmlSampler:
@@ -88,18 +100,31 @@ class NvmlSampler:
         except Exception as exc:  # NVMLError_LibraryNotFound (no driver), NVMLError_DriverNotLoaded, ...
             self.reason = f"NVML did not initialise ({type(exc).__name__}: {exc})"
             return self
+        if self.index is None and self.bus_id is None:
+            self.bus_id, why = cuda_device_bus_id()
+            if self.bus_id is None:
+                self.reason = f"which NVML device CUDA uses is unknown: {why}"
+                self._shutdown()
+                return self
         try:
             if isinstance(self.index, str):
                 self._handle = nvml.nvmlDeviceGetHandleByUUID(self.index)
-            else:
+            elif self.index is not None:
                 self._handle = nvml.nvmlDeviceGetHandleByIndex(self.index)
+            else:
+                assert self.bus_id is not None
+                self._handle = handle_for_bus_id(nvml, self.bus_id)
             name = nvml.nvmlDeviceGetName(self._handle)
             self.name = name.decode() if isinstance(name, bytes) else str(name)
-            self.baseline_mib = nvml.nvmlDeviceGetMemoryInfo(self._handle).used / MIB
         except Exception as exc:
-            self.reason = f"NVML has no device {self.index!r} ({type(exc).__name__}: {exc})"
+            where = repr(self.index) if self.index is not None else f"at PCI bus id {self.bus_id}"
+            self.reason = f"NVML has no device {where} ({type(exc).__name__}: {exc})"
             self._shutdown()
             return self
+        try:
+            self.baseline_mib = nvml.nvmlDeviceGetMemoryInfo(self._handle).used / MIB
+        except Exception as exc:  # memory not reported (some MIG set-ups): the other figures go on
+            self.unsupported["memory"] = error_name(exc)
         self.available, self.reason = True, ""
         self._read_energy()
         self._t0 = time.perf_counter()
@@ -134,20 +159,34 @@ class NvmlSampler:
         """One sample; False (and ``error`` set) when NVML fails, which ends the sampling."""
         if not self.available or self.error:
             return False
-        nvml, handle = self._nvml, self._handle
+        nvml = self._nvml
         assert nvml is not None
-        try:
-            util = float(nvml.nvmlDeviceGetUtilizationRates(handle).gpu)
-            used = nvml.nvmlDeviceGetMemoryInfo(handle).used / MIB
-        except Exception as exc:
-            self.error = f"{type(exc).__name__}: {exc}"
+        util = self._ask("utilization", lambda h: float(nvml.nvmlDeviceGetUtilizationRates(h).gpu))
+        used = self._ask("memory", lambda h: nvml.nvmlDeviceGetMemoryInfo(h).used / MIB)
+        power = self._ask("power", lambda h: nvml.nvmlDeviceGetPowerUsage(h) / 1000.0)  # mW -> W
+        if self.error:
             return False
-        try:
-            power: float | None = nvml.nvmlDeviceGetPowerUsage(handle) / 1000.0  # mW -> W
-        except Exception:  # not every board reports power
-            power = None
+        if util is None and used is None and power is None:
+            self.error = "NVML reports none of utilization, memory and power for this device"
+            return False
         self.samples.append((time.perf_counter() - self._t0, util, used, power))
         return True
+
+    def _ask(self, label: str, fn: Any) -> float | None:
+        """One query: None when unsupported (failed at its first ask, not asked again); a
+        query that worked and then fails sets ``error`` (the device is gone)."""
+        if label in self.unsupported:
+            return None
+        try:
+            value = float(fn(self._handle))
+        except Exception as exc:
+            if label in self._worked:
+                self.error = f"{label}: {type(exc).__name__}: {exc}"
+            else:
+                self.unsupported[label] = error_name(exc)
+            return None
+        self._worked.add(label)
+        return value
 
     def _read_energy(self) -> None:
         try:
@@ -167,7 +206,9 @@ class NvmlSampler:
         if not self.available:
             return {"available": False, "reason": self.reason}
         out: dict[str, Any] = {"available": True, "device": self.name, "index": self.index,
-                               "interval_s": self.interval, "samples": len(self.samples), "error": self.error}
+                               "pci_bus_id": normalize_bus_id(self.bus_id) if self.bus_id else None,
+                               "interval_s": self.interval, "samples": len(self.samples), "error": self.error,
+                               "unsupported": dict(self.unsupported)}
         if not self.samples:
             return out
         times = [s[0] for s in self.samples]

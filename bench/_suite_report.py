@@ -26,7 +26,11 @@ def device_info() -> dict[str, Any]:
         devices, driver = [], f"NVML failed ({type(exc).__name__}: {exc})"
     if not devices:
         return {"name": "none", "reason": driver, "devices": []}
-    return {"name": str(devices[0]["name"]), "driver": driver.removeprefix("driver "), "count": len(devices),
+    # the device the children run on: CUDA's device 0, found by PCI bus id (not NVML's order)
+    chosen = next((d for d in devices if d.get("cuda_device_0")), None)
+    return {"name": str((chosen or devices[0])["name"]), "driver": driver.removeprefix("driver "),
+            "count": len(devices), "pci_bus_id": (chosen or {}).get("pci_bus_id"),
+            "located_by": "PCI bus id of CUDA device 0" if chosen else "CUDA device 0 not identified: NVML's first",
             "devices": [{k: (round(v, 2) if isinstance(v, float) else v) for k, v in d.items()} for d in devices]}
 
 

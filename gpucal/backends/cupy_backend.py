@@ -9,7 +9,11 @@
   so the copy engine runs at full speed and the host thread does not wait for it; the
   staging buffer is kept until the copy is done;
 * downloads wait for the stream (they are the end of an exposure's work);
-* device time per label from CUDA events recorded on the stream (:meth:`timed`);
+* device time per label from CUDA events recorded on the stream (:meth:`timed`), counting
+  the kernels and array operations a step launches, not the host work inside it: uploads
+  (host staging and the copy), downloads, kernel compiles/loads and the step's own host
+  computations (:meth:`untimed`; wfi18's ``curve_fit``) close the step's event pair and
+  open a new one after, so the device's idle time while the host works is not counted;
 * kernels are :func:`gpucal.kernels._loader.load_gpu_module` RawModules (compiled once
   per process by NVRTC, cached on disk by CuPy under ``CUPY_CACHE_DIR``).
 
@@ -65,9 +69,14 @@ class CupyRuntime:
         self._times: dict[str, float] = {}
         self._inflight: list[tuple[Any, Any]] = []  # (event, pinned buffer) of async uploads
         self._lock = threading.Lock()
+        self._timing = threading.local()  # this thread's open segment: label, start event
 
     # ---------------------------------------------------------------- copies
     def upload(self, host: np.ndarray, label: str, dtype: Any = None) -> Any:
+        with self.untimed():  # host staging and the copy are not a step's kernel time
+            return self._upload(host, label, dtype)
+
+    def _upload(self, host: np.ndarray, label: str, dtype: Any = None) -> Any:
         cupy = self._cupy
         a = np.ascontiguousarray(host, dtype=dtype)
         with self.device, self.stream:
@@ -90,7 +99,7 @@ class CupyRuntime:
         return dev
 
     def download(self, array: Any, label: str) -> np.ndarray:
-        with self.device, self.stream:
+        with self.untimed(), self.device, self.stream:
             out = array.get(stream=self.stream)
             self.stream.synchronize()
         self.transfers.record("d2h", out.nbytes, label)
@@ -111,7 +120,7 @@ class CupyRuntime:
     def function(self, module: str, kernel: str) -> KernelFunction:
         from gpucal.kernels._loader import load_gpu_module
 
-        with self.device:
+        with self.untimed(), self.device:  # a first use compiles (or loads from CuPy's cache) on the host
             k = load_gpu_module(module).get_function(kernel)
 
         def launch(grid: tuple[int, ...], block: tuple[int, ...], args: tuple[Any, ...]) -> None:
@@ -141,15 +150,48 @@ class CupyRuntime:
     # ---------------------------------------------------------------- timing
     @contextlib.contextmanager
     def timed(self, label: str) -> Iterator[None]:
-        cupy = self._cupy
-        start, end = cupy.cuda.Event(), cupy.cuda.Event()
-        start.record(self.stream)
+        """Account the device time of the launches inside to ``label`` (a nested call adds
+        to the outer label)."""
+        state = self._timing
+        if getattr(state, "label", None) is not None:
+            yield
+            return
+        state.label = label
+        self._open_segment()
         try:
             yield
         finally:
+            self._close_segment()
+            state.label = None
+
+    @contextlib.contextmanager
+    def untimed(self) -> Iterator[None]:
+        """Host work inside a timed step: the step's event pair is closed before and a new
+        one opened after, so the device's idle time meanwhile is not counted."""
+        if getattr(self._timing, "start", None) is None:  # not timing, or already paused
+            yield
+            return
+        self._close_segment()
+        try:
+            yield
+        finally:
+            self._open_segment()
+
+    def _open_segment(self) -> None:
+        with self.device:
+            start = self._cupy.cuda.Event()
+            start.record(self.stream)
+        self._timing.start = start
+
+    def _close_segment(self) -> None:
+        start, self._timing.start = getattr(self._timing, "start", None), None
+        if start is None:
+            return
+        with self.device:
+            end = self._cupy.cuda.Event()
             end.record(self.stream)
-            with self._lock:
-                self._pending.append((label, start, end))
+        with self._lock:
+            self._pending.append((self._timing.label, start, end))
 
     def device_times(self) -> dict[str, float]:
         with self._lock:

@@ -173,6 +173,9 @@ class EmulatedRuntime:
         self.transfers = TransferLog()
         self.xp = EmulatedNumpy(self)
         self._times: dict[str, float] = {}
+        self._timed_label: str | None = None  # the step being timed, its paused (host) seconds
+        self._paused_s = 0.0
+        self._pausing = False
 
     def upload(self, host: np.ndarray, label: str, dtype: Any = None) -> DeviceArray:
         if isinstance(host, DeviceArray):
@@ -225,11 +228,31 @@ class EmulatedRuntime:
 
     @contextlib.contextmanager
     def timed(self, label: str) -> Iterator[None]:
+        if self._timed_label is not None:  # nested: the outer label keeps the time
+            yield
+            return
+        self._timed_label, self._paused_s = label, 0.0
         start = time.perf_counter()
         try:
             yield
         finally:
-            self._times[label] = self._times.get(label, 0.0) + 1e3 * (time.perf_counter() - start)
+            elapsed = time.perf_counter() - start - self._paused_s
+            self._times[label] = self._times.get(label, 0.0) + 1e3 * elapsed
+            self._timed_label = None
+
+    @contextlib.contextmanager
+    def untimed(self) -> Iterator[None]:
+        """Host work inside a timed step, left out of its time (as CupyRuntime.untimed)."""
+        if self._timed_label is None or self._pausing:
+            yield
+            return
+        self._pausing = True
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._paused_s += time.perf_counter() - start
+            self._pausing = False
 
     def device_times(self) -> dict[str, float]:
         return dict(self._times)

@@ -121,6 +121,10 @@ class DeviceRuntime(Protocol):
         """Account the device time of the work enqueued inside to ``label``."""
         ...
 
+    def untimed(self) -> AbstractContextManager[None]:
+        """Host work inside :meth:`timed` (staging, compiles, a host fit): not the device's time."""
+        ...
+
     def device_times(self) -> dict[str, float]:
         """Milliseconds of device time per label since the last :meth:`reset_times`."""
         ...

