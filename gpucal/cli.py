@@ -8,11 +8,13 @@ commands so ``strun -h`` is instant.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import signal
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import click
@@ -24,7 +26,8 @@ __all__ = ["strun_main", "gpucal_main", "run_strun"]
 
 log = logging.getLogger("gpucal.cli")
 
-_FLAG_OPTIONS = {"-h", "--help", "-v", "--verbose", "--debug", "--disable-crds-steppars", "--version"}
+_FLAG_OPTIONS = {"-h", "--help", "-v", "--verbose", "--debug", "--disable-crds-steppars", "--version",
+                 "--no-verify-checksums"}
 _VALUE_OPTIONS = {"--log-level", "--log-file", "--log-stream", "--save-parameters", "--logcfg"}
 EXIT_USAGE = 2
 
@@ -93,13 +96,16 @@ def _build_command(name: str, step_cls: Any, defaults: dict[str, Any]) -> click.
         click.Option(["--save-parameters"], default=None, help="Write the final parameters to this ASDF file."),
         click.Option(["--disable-crds-steppars"], is_flag=True,
                      help="Accepted for stpipe compatibility (gpucal does not fetch parameters from CRDS)."),
+        click.Option(["--no-verify-checksums"], is_flag=True,
+                     help="Do not verify the MD5 checksum of each ASDF block read (inputs and reference "
+                          "files; verified by default). Same as GPUCAL_VERIFY_CHECKSUMS=0."),
         click.Option(["--logcfg"], default=None, hidden=True),
     ]
     doc = (step_cls.__doc__ or "").strip().splitlines()[0] if step_cls.__doc__ else ""
 
     def callback(inputs: tuple[str, ...], verbose: bool, debug: bool, log_level: str, log_file: str | None,
                  log_stream: str, save_parameters: str | None, disable_crds_steppars: bool, logcfg: str | None,
-                 **opts: Any) -> int:
+                 no_verify_checksums: bool, **opts: Any) -> int:
         configure_logging("DEBUG" if verbose else log_level, log_file, log_stream)
         values = {k: (dict(v) if isinstance(v, dict) else v) for k, v in defaults.items()}
         steps = values.setdefault("steps", {}) if hasattr(step_cls, "step_defs") else None
@@ -114,13 +120,33 @@ def _build_command(name: str, step_cls: Any, defaults: dict[str, Any]) -> click.
                 values[pname] = value
         if steps is not None and not steps:
             values.pop("steps")
-        return _execute(name, step_cls, values, list(inputs), save_parameters, debug or verbose)
+        with _checksums(not no_verify_checksums):
+            return _execute(name, step_cls, values, list(inputs), save_parameters, debug or verbose)
 
     return click.Command(
         name=name, params=params, callback=callback, help=doc,
         context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
         epilog="Exit status: 0 success, 1 error, 2 usage error, 64 input without science data.",
     )
+
+
+@contextlib.contextmanager
+def _checksums(verify: bool) -> Iterator[None]:
+    """``--no-verify-checksums``: GPUCAL_VERIFY_CHECKSUMS=0 for this run (and its child processes)."""
+    from gpucal.asdf_verify import ENV_VERIFY
+
+    if verify:
+        yield
+        return
+    previous = os.environ.get(ENV_VERIFY)
+    os.environ[ENV_VERIFY] = "0"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(ENV_VERIFY, None)
+        else:
+            os.environ[ENV_VERIFY] = previous
 
 
 def _execute(name: str, step_cls: Any, values: dict[str, Any], inputs: list[str],

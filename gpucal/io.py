@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from gpucal.asdf_lz4 import parallel_lz4
+from gpucal.asdf_verify import ArrayReadError, load_arrays, verified_blocks
 from gpucal.errors import GpucalError, InputFileError, NoScienceDataError
 
 __all__ = ["open_model", "check_exposure", "write_model", "exposure_geometry"]
@@ -79,8 +80,11 @@ def open_model(path: str | os.PathLike[str]) -> Any:
     if not isinstance(model, rdm.DataModel):
         raise InputFileError(f"{path} is not a Roman datamodel")
     try:
-        with parallel_lz4():
+        with parallel_lz4(), verified_blocks():
             _load_arrays(model)
+    except ArrayReadError as exc:
+        model.close()
+        raise InputFileError(f"{path}: {exc}") from None
     except Exception as exc:
         model.close()
         raise InputFileError(f"cannot read the arrays of {path} (truncated or corrupt?): {_reason(exc)}") from None
@@ -97,11 +101,11 @@ def open_model(path: str | os.PathLike[str]) -> Any:
 
 
 def _load_arrays(model: Any) -> None:
-    """Touch every top-level array so lazy blocks are decompressed (and checked) now."""
+    """Read every array now, so a damaged block fails here (top-level ones become ndarrays)."""
+    loaded = load_arrays(model._instance)
     for key in list(model._instance.keys()):
-        value = model._instance[key]
-        if hasattr(value, "shape") and hasattr(value, "dtype"):
-            model._instance[key] = np.asarray(value)
+        if key in loaded:
+            model._instance[key] = loaded[key]
 
 
 def _reason(exc: BaseException) -> str:

@@ -28,6 +28,7 @@ __all__ = [
     "check_array",
     "crds_parameters",
     "reference_key",
+    "derived",
 ]
 
 log = logging.getLogger(__name__)
@@ -112,16 +113,24 @@ def resolve(model: Any, reftypes: Iterable[str], overrides: dict[str, str | None
 def open_reference(resolved: Resolved, exposure: Any) -> Any:
     """Open a reference file as its roman_datamodels class and check the detector.
 
+    Every array of the file is read now (through gpucal's lz4 codec, block checksums
+    verified unless ``GPUCAL_VERIFY_CHECKSUMS=0``).
+
     Raises
     ------
     ReferenceFileError
-        Unreadable file, wrong model type, or a reference for another detector.
+        Unreadable, truncated or corrupt file, wrong model type, or a reference for
+        another detector.
     """
     import roman_datamodels.datamodels as rdm
 
+    from gpucal.asdf_lz4 import parallel_lz4
+    from gpucal.asdf_verify import ArrayReadError, load_arrays, verified_blocks
+
     expected = REFERENCE_MODELS[resolved.reftype]
     try:
-        ref = rdm.open(resolved.path)
+        with parallel_lz4(reading=True):
+            ref = rdm.open(resolved.path)
     except Exception as exc:
         raise ReferenceFileError(
             f"{resolved.reftype} reference {resolved.path} cannot be opened: {type(exc).__name__}: {exc}"
@@ -142,6 +151,14 @@ def open_reference(resolved: Resolved, exposure: Any) -> Any:
             f"{resolved.reftype} reference {Path(resolved.path).name} is for detector {ref_detector}, "
             f"but the exposure is {detector}"
         )
+    try:
+        # every array now, checksums verified: a truncated or damaged reference fails here,
+        # naming itself, not later as a bare decoding error inside some step
+        with parallel_lz4(), verified_blocks():
+            load_arrays(ref._instance)
+    except ArrayReadError as exc:
+        ref.close()
+        raise ReferenceFileError(f"{resolved.reftype} reference {resolved.path}: {exc}") from None
     return ref
 
 
@@ -163,20 +180,34 @@ def check_array(
     Raises
     ------
     ReferenceFileError
-        If the shape or dtype does not match the exposure.
+        If the shape or dtype does not match the exposure (naming the file when
+        ``source`` is given).
     """
+    what = f"{reftype} reference {source.path}" if source is not None and source.available else f"{reftype}"
     if array is None:
-        raise ReferenceFileError(f"{reftype} reference has no {name} array")
+        raise ReferenceFileError(f"{what} has no {name} array")
     arr = np.asarray(array)
     if arr.shape != tuple(shape):
-        raise ReferenceFileError(f"{reftype} reference {name} has shape {arr.shape}, the exposure needs {tuple(shape)}")
+        raise ReferenceFileError(f"{what}: {name} has shape {arr.shape}, the exposure needs {tuple(shape)}")
     if dtype is not None and np.dtype(arr.dtype).kind != np.dtype(dtype).kind:
-        raise ReferenceFileError(f"{reftype} reference {name} has dtype {arr.dtype}, expected {np.dtype(dtype).name}")
+        raise ReferenceFileError(f"{what}: {name} has dtype {arr.dtype}, expected {np.dtype(dtype).name}")
     if source is not None and source.available:
         if dtype is not None:
             arr = arr.astype(dtype, copy=False)
         _tag(arr, _file_identity(source.path) + (name, arr.dtype.str, arr.shape))
     return arr
+
+
+def derived(array: np.ndarray, base: np.ndarray, label: str) -> np.ndarray:
+    """Tag ``array``, computed from the reference array ``base`` alone, with base's key + ``label``.
+
+    So a device backend caches a host-side fix-up of a reference (e.g. extra DQ flags)
+    like the file's own arrays.  Without a key on ``base``, ``array`` is returned untagged.
+    """
+    key = reference_key(base)
+    if key is not None:
+        _tag(array, (*key, "derived", label))
+    return array
 
 
 # id(array) -> (weak reference to it, identity of the file content it holds)
