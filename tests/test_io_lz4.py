@@ -279,8 +279,15 @@ def test_corrupt_block_is_one_clear_error(raw_model, tmp_path, monkeypatch, wher
     monkeypatch.setenv(asdf_lz4.ENV_THREADS, threads)
     with pytest.raises(InputFileError) as err:
         _within(60, open_model, path)
+    # block checksums verified (the default): the damage is named as such
     assert len(str(err.value).splitlines()) == 1
-    assert "cannot read the arrays" in str(err.value) or "not a readable" in str(err.value)
+    assert "ASDF block 0 (array 'data') fails its checksum" in str(err.value)
+    # unverified, the codec itself still refuses the damaged stream in one line
+    monkeypatch.setenv("GPUCAL_VERIFY_CHECKSUMS", "0")
+    with pytest.raises(InputFileError) as err:
+        _within(60, open_model, path)
+    assert len(str(err.value).splitlines()) == 1
+    assert "cannot be read" in str(err.value) or "not a readable" in str(err.value)
 
 
 @pytest.mark.parametrize("keep", [0.3, 0.6, 0.95])
