@@ -64,6 +64,8 @@ def run_batch(
     read_ahead: int = 1,
     checksum: bool = False,
     on_done: Callable[[FileRecord], None] | None = None,
+    save: bool = True,
+    kept: dict[str, Any] | None = None,
 ) -> BatchResult:
     """Calibrate ``inputs`` with steps from ``make_step`` (one fresh step per file).
 
@@ -71,7 +73,9 @@ def run_batch(
     runs :func:`~gpucal.work.start` ahead, this thread :func:`~gpucal.work.compute`, a
     writer thread :func:`~gpucal.work.finish`.  The step must save nothing itself
     (``save_results`` off, see :func:`~gpucal.work.new_step`).  ``checksum`` records each
-    input's SHA-256 (for a ledger).
+    input's SHA-256 (for a ledger).  With ``save`` False nothing is written; ``kept``
+    (a dict) receives each calibrated model by input path (the Python API's association
+    input returns them).
     """
     start_time = time.perf_counter()
     records: dict[str, FileRecord] = {}
@@ -97,7 +101,9 @@ def run_batch(
             if job is _DONE:
                 return
             try:
-                record = work.finish(job)
+                if kept is not None:
+                    kept[job.record.input] = job.model
+                record = work.finish(job, save=save)
             except BaseException as exc:
                 record = work.failed_record(job, exc)
             done(record)

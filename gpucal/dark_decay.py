@@ -8,7 +8,7 @@ from typing import Any
 
 from gpucal.errors import ReferenceFileError
 from gpucal.params import StepParams, param
-from gpucal.readpattern import read_timing
+from gpucal.readpattern import exposure_timing
 from gpucal.refpix import replace_data
 from gpucal.refs import open_reference
 from gpucal.stepbase import Step
@@ -51,7 +51,7 @@ class DarkDecayStep(Step[DarkDecayParams]):
             raise ReferenceFileError(
                 f"darkdecaysignal reference {refs['darkdecaysignal'].path} has no usable entry for {detector}"
             ) from None
-        timing = read_timing(model.meta.exposure.read_pattern, float(model.meta.exposure.frame_time))
+        timing = exposure_timing(model, "dark_decay")
         replace_data(model, self.backend.dark_decay(model.data, timing, amplitude, time_constant, int(detector[3:])))
         model.meta.cal_step.dark_decay = "COMPLETE"
         return model

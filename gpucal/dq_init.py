@@ -56,8 +56,9 @@ class DQInitStep(Step[DQInitParams]):
     accepts = ("ScienceRawModel", "RampModel")
 
     def process(self, model: Any) -> Any:
-        source = self.input_path or str(model.meta.get("filename", "input"))
-        check_exposure(model, source)
+        if self.parent is None:  # in a pipeline, the pipeline checked what its steps need
+            source = self.input_path or str(model.meta.get("filename", "input"))
+            check_exposure(model, source, layout=False, timing=False)
         kind = type(model).__name__
         raw = np.asarray(model.data)
         ramp = to_ramp_model(model)

@@ -9,6 +9,7 @@ __all__ = [
     "ReferenceFileError",
     "BackendUnavailableError",
     "ParameterError",
+    "ReadPatternError",
 ]
 
 
@@ -20,6 +21,11 @@ class GpucalError(Exception):
 
 class InputFileError(GpucalError):
     """The input file is missing, unreadable, not ASDF, not a Roman model or malformed."""
+
+
+class ReadPatternError(InputFileError, RuntimeError):
+    """The read pattern is missing or does not match the data (romancal raises
+    ``RuntimeError`` for a mismatch, so code catching that keeps working)."""
 
 
 class NoScienceDataError(GpucalError):

@@ -22,7 +22,7 @@ from gpucal.asdf_lz4 import parallel_lz4
 from gpucal.asdf_verify import ArrayReadError, load_arrays, verified_blocks
 from gpucal.errors import GpucalError, InputFileError, NoScienceDataError
 
-__all__ = ["open_model", "check_exposure", "write_model", "exposure_geometry"]
+__all__ = ["open_model", "check_exposure", "check_wfi_layout", "write_model", "exposure_geometry"]
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +120,21 @@ def exposure_geometry(data_shape: tuple[int, ...]) -> tuple[int, int, int, int]:
     return k, ny, nx, nx // 32
 
 
-def check_exposure(model: Any, source: str) -> None:
+def check_exposure(model: Any, source: str, *, layout: bool = True, timing: bool = True) -> None:
     """Check a Level 1 or ramp model before calibration.
+
+    Parameters
+    ----------
+    model : ScienceRawModel or RampModel
+        The exposure.
+    source : str
+        How errors name it (its file name).
+    layout : bool
+        Also require the WFI channel layout (32 channels, amp33 of ``nx // 32`` columns):
+        only refpix needs it, so a small synthetic model passes the other steps.
+    timing : bool
+        Also require a read pattern (and frame time) matching the data: only the steps
+        that use read times need it (see :func:`gpucal.readpattern.exposure_timing`).
 
     Raises
     ------
@@ -144,36 +157,18 @@ def check_exposure(model: Any, source: str) -> None:
         raise InputFileError(f"{source}: science data must be 3-D (resultants, rows, columns), got shape {data.shape}")
     if data.dtype != want:
         raise InputFileError(f"{source}: science data must be {np.dtype(want).name}, got {data.dtype}")
-    k, ny, nx, w = exposure_geometry(data.shape)
-    if ny < 16 or nx < 16 or nx % 32 or w < 8:
-        raise InputFileError(
-            f"{source}: frame {ny}x{nx} is not a WFI layout (needs >= 16 rows, columns a multiple of 32, >= 256)"
-        )
-    amp33 = inst.get("amp33")
-    if amp33 is None:
+    k, ny, nx = data.shape
+    if ny < 9 or nx < 9:
+        raise InputFileError(f"{source}: frame {ny}x{nx} is smaller than its 4-pixel reference border allows")
+    if inst.get("amp33") is None:
         raise InputFileError(f"{source}: missing the amp33 reference-output array")
-    amp33 = np.asarray(amp33)
-    if amp33.shape != (k, ny, w) or amp33.dtype != np.uint16:
-        raise InputFileError(f"{source}: amp33 must be uint16 {(k, ny, w)}, got {amp33.dtype} {amp33.shape}")
-    meta = model.meta
-    try:
-        pattern = meta.exposure.read_pattern
-    except (AttributeError, KeyError):
-        pattern = None
-    if not pattern:
-        raise InputFileError(f"{source}: missing meta.exposure.read_pattern")
-    if len(pattern) != k:
-        raise InputFileError(f"{source}: read_pattern has {len(pattern)} resultants but the data has {k}")
-    try:
-        frame_time = float(meta.exposure.frame_time)
-    except (AttributeError, KeyError, TypeError, ValueError):
-        raise InputFileError(f"{source}: missing or invalid meta.exposure.frame_time") from None
-    from gpucal.readpattern import read_timing
+    if layout:
+        check_wfi_layout(model, source)
+    if timing:
+        from gpucal.readpattern import exposure_timing
 
-    try:
-        read_timing(pattern, frame_time)
-    except ValueError as exc:
-        raise InputFileError(f"{source}: invalid read pattern: {exc}") from None
+        exposure_timing(model, source)
+    meta = model.meta
     try:
         detector = str(meta.instrument.detector)
     except (AttributeError, KeyError):
@@ -195,6 +190,32 @@ def check_exposure(model: Any, source: str) -> None:
             raise InputFileError(f"{source}: a ramp model needs pixeldq of shape {(ny, nx)}")
         if not np.isfinite(data).all():
             raise InputFileError(f"{source}: ramp data contain NaN or infinite values")
+
+
+def check_wfi_layout(model: Any, source: str) -> None:
+    """Require the WFI channel layout refpix works on: 32 channels of ``nx // 32`` columns
+    (at least 8) and amp33 ``(K, ny, nx // 32)`` uint16.
+
+    Raises
+    ------
+    InputFileError
+        A frame or amp33 that is not a WFI layout (a small synthetic model, say).
+    """
+    data_shape = np.shape(model.data)
+    k, ny, nx, w = exposure_geometry(data_shape)
+    if ny < 16 or nx < 16 or nx % 32 or w < 8:
+        raise InputFileError(
+            f"{source}: frame {ny}x{nx} is not a WFI layout (needs >= 16 rows, columns a multiple of 32, >= 256); "
+            "refpix needs it: skip refpix for a synthetic model"
+        )
+    amp33 = model._instance.get("amp33")
+    if amp33 is None:
+        raise InputFileError(f"{source}: missing the amp33 reference-output array")
+    amp33 = np.asarray(amp33)
+    if amp33.shape != (k, ny, w) or amp33.dtype != np.uint16:
+        raise InputFileError(
+            f"{source}: amp33 must be uint16 {(k, ny, w)} for refpix, got {amp33.dtype} {amp33.shape}"
+        )
 
 
 def write_model(model: Any, path: str | os.PathLike[str]) -> Path:

@@ -18,7 +18,7 @@ import numpy as np
 from gpucal.backends.protocol import JumpParams
 from gpucal.dq import GroupFlag
 from gpucal.params import StepParams, param
-from gpucal.readpattern import read_timing
+from gpucal.readpattern import exposure_timing
 from gpucal.refs import check_array, open_reference
 from gpucal.stepbase import Step
 
@@ -78,7 +78,7 @@ class JumpStep(Step[JumpStepParams]):
 
     def process(self, model: Any) -> Any:
         gain, readnoise = load_gain_readnoise(self, model)
-        timing = read_timing(model.meta.exposure.read_pattern, float(model.meta.exposure.frame_time))
+        timing = exposure_timing(model, "jump")
         p = self.params
         jp = JumpParams(
             rejection_threshold=p.rejection_threshold,

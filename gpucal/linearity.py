@@ -12,7 +12,7 @@ import numpy as np
 from gpucal.backends.protocol import InlTable
 from gpucal.errors import ReferenceFileError
 from gpucal.params import StepParams, param
-from gpucal.readpattern import read_timing
+from gpucal.readpattern import exposure_timing
 from gpucal.refpix import replace_data
 from gpucal.refs import check_array, open_reference
 from gpucal.stepbase import Step
@@ -85,7 +85,7 @@ class LinearityStep(Step[LinearityParams]):
         inl = None
         if refs["integralnonlinearity"].available:
             inl = inl_table(open_reference(refs["integralnonlinearity"], model), nx)
-        timing = read_timing(model.meta.exposure.read_pattern, float(model.meta.exposure.frame_time))
+        timing = exposure_timing(model, "linearity")
         result = self.backend.linearity(
             model.data, model.groupdq, model.pixeldq, lin_coeffs, ilin_coeffs, lin_dq, inl, timing
         )

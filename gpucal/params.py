@@ -41,6 +41,15 @@ class StepParams:
     backend: str = param(
         "auto", "Array backend: auto (GPU when usable, else CPU), gpu or cpu.", choices=("auto", "gpu", "cpu")
     )
+    # stpipe's generic parameters (romancal's parameter files and scripts set them)
+    pre_hooks: tuple[str, ...] = param((), "stpipe hooks run before the step: gpucal refuses any (run them yourself).")
+    post_hooks: tuple[str, ...] = param((), "stpipe hooks run after the step: gpucal refuses any (run them yourself).")
+    update_version: bool = param(False, "Update an input written with an older datamodel schema to the current one.")
+    search_output_file: bool = param(True, "Take output_file from the enclosing pipeline when this step has none.")
+    output_use_model: bool = param(False, "Name the output after the model's meta.filename, not the input file.")
+    output_use_index: bool = param(
+        True, "stpipe: index names of multi-model results (gpucal returns one model per input: no index)."
+    )
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -71,6 +80,8 @@ def parse_value(name: str, value: Any, hint: Any, choices: tuple[str, ...] | Non
         When the value cannot be converted or is not one of ``choices``.
     """
     concrete, optional = _base_types(hint)
+    if name.startswith("override_") and hasattr(value, "meta") and hasattr(value, "_instance"):
+        return value  # an opened reference datamodel, as stpipe accepts (checked when used)
     if value is None or (optional and isinstance(value, str) and value.strip() in ("None", "none", "")):
         if optional:
             return None
@@ -99,6 +110,9 @@ def parse_value(name: str, value: Any, hint: Any, choices: tuple[str, ...] | Non
             out = float(value)
         elif kind is str:
             out = str(value)
+        elif typing.get_origin(kind) is tuple:  # configobj string_list: a list or "a, b"
+            items = value.split(",") if isinstance(value, str) else list(value)
+            out = tuple(str(v).strip() if isinstance(v, str) else v for v in items if not (isinstance(v, str) and not v.strip()))
     except (TypeError, ValueError):
         raise ParameterError(f"parameter {name!r}: {value!r} is not a valid {kind.__name__}") from None
     if choices is not None and out is not None and out not in choices:
@@ -130,6 +144,6 @@ def build_params(cls: type, values: dict[str, Any] | None = None, *, base: Any =
 
 def describe_default(value: Any) -> str:
     """How a default is shown by ``-h`` (stpipe omits None and empty defaults)."""
-    if value is None or value == "":
+    if value is None or value == "" or value == ():
         return ""
     return f" [default={value}]"

@@ -16,7 +16,7 @@ from gpucal.errors import ParameterError
 from gpucal.image import create_image_model, jump_indices
 from gpucal.jump import load_gain_readnoise
 from gpucal.params import StepParams, param
-from gpucal.readpattern import read_timing
+from gpucal.readpattern import exposure_timing
 from gpucal.stepbase import Step
 
 __all__ = ["RampFitStep", "RampFitStepParams", "ALGORITHMS"]
@@ -57,7 +57,7 @@ class RampFitStep(Step[RampFitStepParams]):
         if p.algorithm == "likely" and k < 4:
             raise ParameterError(f"rampfit: the likely algorithm needs at least 4 resultants, this exposure has {k}")
         gain, readnoise = load_gain_readnoise(self, model)
-        timing = read_timing(model.meta.exposure.read_pattern, float(model.meta.exposure.frame_time))
+        timing = exposure_timing(model, "ramp_fit")
         fit_params = RampFitParams(
             use_ramp_jump_detection=p.use_ramp_jump_detection,
             threshold_intercept=p.threshold_intercept,

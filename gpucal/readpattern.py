@@ -14,10 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-__all__ = ["ReadTiming", "read_timing"]
+from gpucal.errors import ReadPatternError
+
+__all__ = ["ReadTiming", "read_timing", "exposure_timing"]
 
 
 @dataclass(frozen=True)
@@ -97,3 +100,40 @@ def read_timing(read_pattern: Sequence[Sequence[int]], frame_time: float) -> Rea
         mean_read=mean_read,
         last_read=np.array([res[-1] for res in pattern], dtype=np.int64),
     )
+
+
+def exposure_timing(model: Any, where: str) -> ReadTiming:
+    """The :class:`ReadTiming` of an exposure model, checked against its data.
+
+    Parameters
+    ----------
+    model : RampModel or ScienceRawModel
+        Needs ``meta.exposure.read_pattern`` (one entry per resultant) and ``frame_time``.
+    where : str
+        The step or file named in the error.
+
+    Raises
+    ------
+    ReadPatternError
+        Missing or empty read pattern, one that does not match the number of resultants,
+        or an invalid frame time (an ``InputFileError`` and, as romancal raises for a
+        mismatch, a ``RuntimeError``).
+    """
+    nres = int(np.shape(model.data)[0])
+    try:
+        exposure = model.meta.exposure
+        pattern = exposure.read_pattern
+    except (AttributeError, KeyError):
+        pattern = None
+    if pattern is None or len(pattern) == 0:
+        raise ReadPatternError(f"{where}: needs meta.exposure.read_pattern (missing or empty)")
+    if len(pattern) != nres:
+        raise ReadPatternError(f"{where}: read_pattern has {len(pattern)} resultants but the data has {nres}")
+    try:
+        frame_time = float(exposure.frame_time)
+    except (AttributeError, KeyError, TypeError, ValueError):
+        raise ReadPatternError(f"{where}: missing or invalid meta.exposure.frame_time") from None
+    try:
+        return read_timing(pattern, frame_time)
+    except ValueError as exc:
+        raise ReadPatternError(f"{where}: invalid read pattern: {exc}") from None

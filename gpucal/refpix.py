@@ -8,11 +8,13 @@ from typing import Any
 
 import numpy as np
 
+from gpucal.errors import ParameterError
+from gpucal.io import check_wfi_layout
 from gpucal.params import StepParams, param
 from gpucal.refs import check_array, open_reference
 from gpucal.stepbase import Step
 
-__all__ = ["RefPixStep", "RefPixParams", "replace_data"]
+__all__ = ["RefPixStep", "RefPixParams", "replace_data", "refuse_partial_refpix"]
 
 log = logging.getLogger(__name__)
 
@@ -22,14 +24,30 @@ NCHANNELS = 32
 
 @dataclass(frozen=True)
 class RefPixParams(StepParams):
-    # romancal 1.1.0 passes these four positionally into a function whose first keyword
-    # differs, so with the defaults every sub-step runs; gpucal keeps the names and the
-    # all-on behaviour (spec pipeline.md section 9, item 1).
-    remove_offset: bool = param(True, "Remove the per-pixel offset before the correction.")
-    remove_trends: bool = param(True, "Remove linear trends along each channel's read order.")
-    cosine_interpolate: bool = param(True, "Cosine-interpolate missing amp33 samples.")
-    fft_interpolate: bool = param(True, "FFT-interpolate amp33 across the pad pixels.")
+    # romancal 1.1.0 passes these four positionally into refpix.run_steps, whose first flag
+    # is zero_bad_ref_pix: each value lands one sub-step off (remove_offset switches the
+    # bad-reference-pixel zeroing, ..., fft_interpolate is dropped).  gpucal runs the
+    # all-on correction, which is what the defaults give, and refuses any other value.
+    remove_offset: bool = param(True, "Must stay True (gpucal runs the full correction; see README 'From romancal').")
+    remove_trends: bool = param(True, "Must stay True (gpucal runs the full correction).")
+    cosine_interpolate: bool = param(True, "Must stay True (gpucal runs the full correction).")
+    fft_interpolate: bool = param(True, "Must stay True (gpucal runs the full correction).")
     override_refpix: str | None = param(None, "REFPIX reference file to use instead of CRDS's choice.")
+
+
+_FLAGS = ("remove_offset", "remove_trends", "cosine_interpolate", "fft_interpolate")
+
+
+def refuse_partial_refpix(params: RefPixParams) -> None:
+    """One clear error for a refpix flag set to False (see :class:`RefPixParams`)."""
+    off = [name for name in _FLAGS if not getattr(params, name)]
+    if off:
+        raise ParameterError(
+            f"refpix: {', '.join(f'{n}=False' for n in off)} is not supported: romancal 1.1.0 passes these flags "
+            "one position off (remove_offset turns off bad-reference-pixel zeroing, remove_trends the offset "
+            "removal, cosine_interpolate the trend removal, fft_interpolate nothing) and gpucal only runs the full "
+            "correction; leave them True or skip refpix"
+        )
 
 
 def replace_data(model: Any, data: Any) -> None:
@@ -69,11 +87,13 @@ class RefPixStep(Step[RefPixParams]):
     default_suffix = "refpix"
 
     def process(self, model: Any) -> Any:
+        refuse_partial_refpix(self.params)
         refs = self.resolve_references(model)
         if not refs["refpix"].available:
             log.warning("No REFPIX reference: step skipped")
             model.meta.cal_step.refpix = "SKIPPED"
             return model
+        check_wfi_layout(model, self.input_path or "refpix")
         ref = open_reference(refs["refpix"], model)
         k, ny, nx = model.data.shape
         width = nx // NCHANNELS

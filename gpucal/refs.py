@@ -12,7 +12,7 @@ import os
 import threading
 import weakref
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,11 +53,17 @@ REFERENCE_MODELS: dict[str, str] = {
 
 @dataclass(frozen=True)
 class Resolved:
-    """A resolved reference: ``path`` (``"N/A"`` when none applies) and its record."""
+    """A resolved reference: ``path`` (``"N/A"`` when none applies) and its record.
+
+    ``model`` is set when the user handed an opened reference model as the override
+    (stpipe accepts one): it is used as it is, never written to disk; ``path`` and the
+    record are then stpipe's ``override://<ModelClass>`` handle.
+    """
 
     reftype: str
     path: str
     record: str
+    model: Any = field(default=None, compare=False)
 
     @property
     def available(self) -> bool:
@@ -71,8 +77,9 @@ def crds_parameters(model: Any) -> dict[str, Any]:
     return params
 
 
-def resolve(model: Any, reftypes: Iterable[str], overrides: dict[str, str | None]) -> dict[str, Resolved]:
-    """Resolve each reference type: an override wins, the rest go to CRDS in one call.
+def resolve(model: Any, reftypes: Iterable[str], overrides: dict[str, Any]) -> dict[str, Resolved]:
+    """Resolve each reference type: an override (a path or an opened reference model)
+    wins, the rest go to CRDS in one call.
 
     Raises
     ------
@@ -85,6 +92,14 @@ def resolve(model: Any, reftypes: Iterable[str], overrides: dict[str, str | None
         override = overrides.get(reftype)
         if override is None or override == "":
             ask.append(reftype)
+            continue
+        if not isinstance(override, str | os.PathLike):
+            if not hasattr(override, "meta") or not hasattr(override, "_instance"):
+                raise ReferenceFileError(
+                    f"override_{reftype}: expected a file path or a reference datamodel, got {type(override).__name__}"
+                )
+            handle = f"override://{type(override).__name__}"
+            out[reftype] = Resolved(reftype, handle, handle, model=override)
             continue
         if str(override).strip().upper() == "N/A":
             out[reftype] = Resolved(reftype, "N/A", "N/A")
@@ -128,15 +143,20 @@ def open_reference(resolved: Resolved, exposure: Any) -> Any:
     from gpucal.asdf_verify import ArrayReadError, load_arrays, verified_blocks
 
     expected = REFERENCE_MODELS[resolved.reftype]
-    try:
-        with parallel_lz4(reading=True):
-            ref = rdm.open(resolved.path)
-    except Exception as exc:
-        raise ReferenceFileError(
-            f"{resolved.reftype} reference {resolved.path} cannot be opened: {type(exc).__name__}: {exc}"
-        ) from None
+    given = resolved.model is not None
+    if given:
+        ref = resolved.model  # the user's own model: checked like a file, never closed here
+    else:
+        try:
+            with parallel_lz4(reading=True):
+                ref = rdm.open(resolved.path)
+        except Exception as exc:
+            raise ReferenceFileError(
+                f"{resolved.reftype} reference {resolved.path} cannot be opened: {type(exc).__name__}: {exc}"
+            ) from None
     if type(ref).__name__ != expected:
-        ref.close()
+        if not given:
+            ref.close()
         raise ReferenceFileError(
             f"{resolved.reftype} reference {resolved.path} is a {type(ref).__name__}, expected {expected}"
         )
@@ -146,11 +166,14 @@ def open_reference(resolved: Resolved, exposure: Any) -> Any:
     except (AttributeError, KeyError):
         ref_detector = "NOT_CONFIGURED"
     if ref_detector not in (detector, "NOT_CONFIGURED") and resolved.reftype != "darkdecaysignal":
-        ref.close()
+        if not given:
+            ref.close()
         raise ReferenceFileError(
             f"{resolved.reftype} reference {Path(resolved.path).name} is for detector {ref_detector}, "
             f"but the exposure is {detector}"
         )
+    if given:
+        return ref  # in memory already: the user's arrays are left as they are
     try:
         # every array now, checksums verified: a truncated or damaged reference fails here,
         # naming itself, not later as a bare decoding error inside some step
@@ -191,7 +214,7 @@ def check_array(
         raise ReferenceFileError(f"{what}: {name} has shape {arr.shape}, the exposure needs {tuple(shape)}")
     if dtype is not None and np.dtype(arr.dtype).kind != np.dtype(dtype).kind:
         raise ReferenceFileError(f"{what}: {name} has dtype {arr.dtype}, expected {np.dtype(dtype).name}")
-    if source is not None and source.available:
+    if source is not None and source.available and source.model is None:  # only files have an identity
         if dtype is not None:
             arr = arr.astype(dtype, copy=False)
         _tag(arr, _file_identity(source.path) + (name, arr.dtype.str, arr.shape))

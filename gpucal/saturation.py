@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from gpucal.params import StepParams, param
-from gpucal.readpattern import read_timing
+from gpucal.readpattern import exposure_timing
 from gpucal.refs import check_array, open_reference
 from gpucal.stepbase import Step
 
@@ -45,7 +45,7 @@ class SaturationStep(Step[SaturationParams]):
         source = refs["saturation"]
         threshold = check_array("saturation", "data", ref.data, (ny, nx), np.float32, source=source)
         ref_dq = check_array("saturation", "dq", ref.dq, (ny, nx), np.uint32, source=source)
-        timing = read_timing(model.meta.exposure.read_pattern, float(model.meta.exposure.frame_time))
+        timing = exposure_timing(model, "saturation")
         result = self.backend.saturation(
             model.data, model.groupdq, model.pixeldq, threshold, ref_dq, timing,
             self.params.n_pix_grow_sat, self.params.backup,

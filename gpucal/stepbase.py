@@ -17,7 +17,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
-from gpucal.errors import InputFileError
+from gpucal.errors import InputFileError, ParameterError
 from gpucal.naming import output_name
 from gpucal.params import StepParams, build_params
 
@@ -70,13 +70,14 @@ class Step(Generic[P]):
     Params: ClassVar[type[StepParams]] = StepParams
     #: suffix of a saved result
     default_suffix: ClassVar[str] = ""
-    #: name the output after ``meta.filename`` (the pipeline) rather than the input file
-    output_use_model: ClassVar[bool] = False
+    #: always name the output after ``meta.filename`` (romancal's pipeline forces stpipe's
+    #: ``output_use_model`` on); a step does so when its ``output_use_model`` parameter is set
+    names_from_model: ClassVar[bool] = False
     #: model classes this step takes as input
     accepts: ClassVar[tuple[str, ...]] = ("RampModel",)
 
     def __init__(self, params: P | None = None, *, name: str | None = None, parent: Step | None = None):
-        self.params: P = params if params is not None else self.Params()  # type: ignore[assignment]
+        # instance attributes first: once ``params`` exists, setting a parameter's name sets it
         self.name = name or self.class_alias
         self.parent = parent
         self.backend: Any = None
@@ -87,6 +88,8 @@ class Step(Generic[P]):
         self.timings: dict[str, float] = {}
         #: every product this step (and, for the top step, its sub-steps) wrote
         self.written: list[Path] = []
+        self.params: P = params if params is not None else self.Params()  # type: ignore[assignment]
+        _refuse_hooks(self.params, self.name)
 
     # ----------------------------------------------------------------- construction
     @classmethod
@@ -111,6 +114,27 @@ class Step(Generic[P]):
         values = _merge(values, kwargs)
         return cls.from_values(values).run(input)
 
+    # ------------------------------------------------------ stpipe-style attributes
+    def __getattr__(self, name: str) -> Any:
+        # only reached when normal lookup fails: parameters read as attributes, as in stpipe
+        params = self.__dict__.get("params")
+        if params is not None and name in _param_names(type(params)):
+            return getattr(params, name)
+        steps = self.__dict__.get("steps")
+        if steps is not None and name in steps:  # a pipeline's steps are attributes (pipe.rampfit)
+            return steps[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute or parameter {name!r}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        params = self.__dict__.get("params")
+        if params is not None and name in _param_names(type(params)) and name not in self.__dict__:
+            # ``step.algorithm = "likely"`` sets the parameter, parsed and checked as any value
+            new = build_params(type(params), {name: value}, base=params)
+            _refuse_hooks(new, self.name)
+            object.__setattr__(self, "params", new)
+            return
+        object.__setattr__(self, name, value)
+
     # ----------------------------------------------------------------------- running
     def search_attr(self, name: str) -> Any:
         step: Step | None = self
@@ -118,10 +142,12 @@ class Step(Generic[P]):
             value = getattr(step.params, name, None)
             if value is not None:
                 return value
+            if name == "output_file" and not step.params.search_output_file:
+                return None  # stpipe: search_output_file=False keeps the parent's name out
             step = step.parent
         return None
 
-    def reference_overrides(self) -> dict[str, str | None]:
+    def reference_overrides(self) -> dict[str, Any]:
         return {rt: getattr(self.params, f"override_{rt}", None) for rt in self.reference_file_types}
 
     def open_input(self, input: Any) -> Any:
@@ -134,12 +160,30 @@ class Step(Generic[P]):
             from gpucal.io import open_model
 
             self.input_path = str(path)
-            return open_model(path)
+            return self._updated(open_model(path))
         if input is None:
             raise InputFileError("no input given")
-        return input
+        return self._updated(input)
+
+    def _updated(self, model: Any) -> Any:
+        """The model at the current schema version when ``update_version`` asks for it."""
+        if not self.params.update_version or not hasattr(model, "_node_type"):
+            return model
+        if model.tag == model._node_type._default_tag:
+            return model
+        from astropy.time import Time
+
+        log.info("Updating %s from %s to the current schema version", type(model).__name__, model.tag)
+        new = type(model).create_from_model(model)
+        if "file_date" in new.meta and not isinstance(new.meta.file_date, Time):
+            new.meta.file_date = Time(new.meta.file_date)
+        return new
 
     def run(self, input: Any) -> Any:
+        """Run the step on ``input`` (a path or a model) and return what romancal's returns."""
+        return self.run_model(input)
+
+    def run_model(self, input: Any) -> Any:
         """Run the step: resolve the backend (top level), process, finalize, save."""
         top = self.parent is None
         if top:
@@ -150,6 +194,12 @@ class Step(Generic[P]):
         else:
             assert self.parent is not None
             self.backend = self.parent.backend
+        if not top and self.params.skip:
+            # stpipe: a skipped step hands its input on untouched, whatever it holds
+            log.info("Step %s skipped.", self.name)
+            if hasattr(input, "meta"):
+                set_cal_step(input, self.cal_step_key, "SKIPPED")
+            return input
         model = self.open_input(input)
         kind = type(model).__name__
         if kind not in self.accepts:
@@ -157,10 +207,6 @@ class Step(Generic[P]):
             raise InputFileError(
                 f"{source} holds a {kind}; {self.class_alias} needs a {' or '.join(self.accepts)}"
             )
-        if not top and self.params.skip:
-            log.info("Step %s skipped.", self.name)
-            set_cal_step(model, self.cal_step_key, "SKIPPED")
-            return model
         if top and self.params.skip:
             log.info("Step %s run as standalone: skip ignored.", self.name)
         log.info("Step %s running with backend %s.", self.name, self.backend.name)
@@ -187,6 +233,28 @@ class Step(Generic[P]):
         raise NotImplementedError
 
     # ---------------------------------------------------------------- references
+    def get_reference_file(self, input_file: Any, reference_file_type: str) -> Any:
+        """stpipe's ``get_reference_file``: the override (a path or an opened reference
+        model, returned as given) or CRDS's choice for ``input_file`` (a model or a path).
+
+        Returns
+        -------
+        str or DataModel
+            A path, ``"N/A"`` when no reference applies, or the override model.
+
+        Raises
+        ------
+        ReferenceFileError
+            An override file that does not exist, or CRDS cannot supply the reference.
+        """
+        from gpucal.refs import resolve
+
+        model = self.open_input(input_file) if isinstance(input_file, str | os.PathLike) else input_file
+        overrides = {reference_file_type: getattr(self.params, f"override_{reference_file_type}", None)}
+        res = resolve(model, (reference_file_type,), overrides)[reference_file_type]
+        self.ref_records[reference_file_type] = res.record
+        return res.model if res.model is not None else res.path
+
     def resolve_references(self, model: Any, reftypes: tuple[str, ...] | None = None) -> dict[str, Any]:
         from gpucal.refs import resolve
 
@@ -230,7 +298,7 @@ class Step(Generic[P]):
     # -------------------------------------------------------------------- saving
     def output_path(self, model: Any, suffix: str | None = None) -> Path:
         """Where a result is saved (stpipe's rules, romancal's known suffixes)."""
-        if self.output_use_model:
+        if self.names_from_model or self.params.output_use_model:
             base = str(model.meta.filename)
         else:
             base = self.search_attr("output_file") or self._primary_input() or str(model.meta.filename)
@@ -264,6 +332,20 @@ class Step(Generic[P]):
     @classmethod
     def parameter_names(cls) -> list[str]:
         return [f.name for f in fields(cls.Params)]
+
+
+def _param_names(cls: type) -> frozenset[str]:
+    return frozenset(f.name for f in fields(cls))
+
+
+def _refuse_hooks(params: Any, name: str) -> None:
+    """stpipe's pre/post hooks run arbitrary commands and steps; gpucal runs none of them."""
+    for kind in ("pre_hooks", "post_hooks"):
+        if getattr(params, kind, ()):
+            raise ParameterError(
+                f"{name}: {kind} are not supported by gpucal (got {list(getattr(params, kind))!r}); "
+                "remove them and run the hook on the result yourself"
+            )
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gpucal.params import StepParams, param
-from gpucal.readpattern import read_timing
+from gpucal.readpattern import exposure_timing
 from gpucal.refpix import replace_data
 from gpucal.stepbase import Step
 
@@ -33,7 +33,7 @@ class WFI18TransientStep(Step[WFI18TransientParams]):
         if str(model.meta.instrument.detector) != "WFI18":
             model.meta.cal_step.wfi18_transient = "N/A"
             return model
-        timing = read_timing(model.meta.exposure.read_pattern, float(model.meta.exposure.frame_time))
+        timing = exposure_timing(model, "wfi18_transient")
         data, groupdq, fitted = self.backend.wfi18_transient(
             model.data, model.groupdq, timing, self.params.mask_rows
         )

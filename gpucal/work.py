@@ -253,7 +253,7 @@ def start(path: str, step: Any, *, checksum: bool = False) -> Job:
 
 def compute(job: Job) -> None:
     """Phase 2: run the step on the model in memory (raises on failure)."""
-    result = job.step.run(job.model)
+    result = job.step.run_model(job.model)  # the model itself (a pipeline's run returns a tuple)
     job.model = result
     backend = job.step.backend
     job.record.backend = getattr(backend, "name", None)
@@ -261,10 +261,12 @@ def compute(job: Job) -> None:
     job.record.step_seconds.update({k: float(v) for k, v in job.step.timings.items()})
 
 
-def finish(job: Job) -> FileRecord:
-    """Phase 3: write the products (atomically) and complete the record."""
+def finish(job: Job, *, save: bool = True) -> FileRecord:
+    """Phase 3: write the products (atomically, unless ``save`` is False) and complete
+    the record."""
     t0 = time.perf_counter()
-    job.step.save(job.model)
+    if save:
+        job.step.save(job.model)
     written = [str(Path(p).resolve()) for p in getattr(job.step, "written", [])]
     job.record.step_seconds["write"] = time.perf_counter() - t0
     job.record.outputs = written

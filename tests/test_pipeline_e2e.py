@@ -130,8 +130,10 @@ def test_skipping_steps_records_skipped(crds_env, uncal_copy):
 
 
 def test_python_api_returns_models_and_saves_nothing(crds_env, uncal_copy):
-    result = ExposurePipeline.call(str(uncal_copy), steps={"rampfit": {"algorithm": "likely"}}, backend="cpu")
-    assert type(result).__name__ == "ImageModel"
+    result, catalog, segmentation = ExposurePipeline.call(
+        str(uncal_copy), steps={"rampfit": {"algorithm": "likely"}}, backend="cpu"
+    )
+    assert type(result).__name__ == "ImageModel" and catalog is None and segmentation is None
     assert sorted(p.name for p in uncal_copy.parent.iterdir()) == [uncal_copy.name]
 
 

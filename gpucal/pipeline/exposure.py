@@ -24,12 +24,13 @@ from gpucal.dark_current import DarkCurrentStep
 from gpucal.dark_decay import DarkDecayStep
 from gpucal.dq import GroupFlag, PixelFlag
 from gpucal.dq_init import DQInitStep
-from gpucal.errors import ParameterError
+from gpucal.errors import GpucalError, ParameterError
 from gpucal.flatfield import FlatFieldStep
 from gpucal.jump import JumpStep
 from gpucal.linearity import LinearityStep
 from gpucal.params import StepParams, build_params, param
 from gpucal.photom import PhotomStep
+from gpucal.pipeline.inputs import ExposureResult, association_members, input_kind, library_models, make_library
 from gpucal.ramp_fitting import RampFitStep
 from gpucal.readpattern import read_timing
 from gpucal.refpix import RefPixStep
@@ -37,7 +38,7 @@ from gpucal.saturation import SaturationStep
 from gpucal.stepbase import Step, set_cal_step
 from gpucal.wfi18_transient import WFI18TransientStep
 
-__all__ = ["ExposurePipeline", "ExposurePipelineParams", "STEP_DEFS", "IMAGING_TYPES"]
+__all__ = ["ExposurePipeline", "ExposurePipelineParams", "ExposureResult", "STEP_DEFS", "IMAGING_TYPES"]
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ class ExposurePipeline(Step[ExposurePipelineParams]):
     Params = ExposurePipelineParams
     default_suffix = "cal"
     accepts = ("ScienceRawModel", "RampModel")
-    output_use_model = True
+    names_from_model = True
     step_defs: ClassVar[dict[str, type[Step[Any]]]] = STEP_DEFS
 
     def __init__(
@@ -95,10 +96,20 @@ class ExposurePipeline(Step[ExposurePipelineParams]):
             key: cls(steps.get(key), name=key, parent=self) for key, cls in self.step_defs.items()
         }
 
+    def __getattr__(self, name: str) -> Any:
+        if name in _ABSENT_STEPS:  # romancal scripts set pipe.source_catalog.skip = True
+            absent = _AbsentStep(name)
+            object.__setattr__(self, name, absent)
+            return absent
+        return super().__getattr__(name)
+
     @classmethod
     def from_values(cls, values: dict[str, Any] | None = None, **kwargs: Any) -> ExposurePipeline:
         merged = {**(values or {}), **kwargs}
-        step_values = merged.pop("steps", {}) or {}
+        step_values = dict(merged.pop("steps", {}) or {})
+        for name in _ABSENT_STEPS:
+            if name in step_values:
+                _AbsentStep(name).apply(step_values.pop(name))
         unknown = sorted(set(step_values) - set(cls.step_defs))
         if unknown:
             raise ParameterError(f"roman_elp has no step(s) {', '.join(unknown)}; steps are {', '.join(cls.step_defs)}")
@@ -106,9 +117,53 @@ class ExposurePipeline(Step[ExposurePipelineParams]):
         steps = {key: build_params(cls.step_defs[key].Params, vals) for key, vals in step_values.items()}
         return cls(params, steps=steps)
 
+    # ------------------------------------------------------------------ running
+    def run(self, input: Any) -> ExposureResult:
+        """Calibrate ``input`` and return ``(result, catalog, segmentation)`` as romancal 1.1.0.
+
+        ``input`` is an uncal/ramp file or model (``result`` is the calibrated model), or
+        an association (``.json`` path or mapping) or ModelLibrary (``result`` is a
+        ModelLibrary of the calibrated members).  gpucal has no source_catalog step, so
+        ``catalog`` and ``segmentation`` are None (empty libraries for many members), as
+        romancal returns them with source_catalog skipped.
+        """
+        kind = input_kind(input)
+        if kind == "single":
+            return ExposureResult(self.run_model(input), None, None)
+        if kind == "asn":
+            models = self._run_members(association_members(input))
+        else:
+            models = [self.run_model(model) for model in library_models(input)]
+        return ExposureResult(make_library(models), make_library([]), make_library([]))
+
+    def _run_members(self, paths: list[str]) -> list[Any]:
+        """Calibrate association members with the batch machinery (read ahead, write behind)."""
+        from gpucal.backends.select import select_backend
+        from gpucal.batch import run_batch
+
+        if self.backend is None:
+            self.backend = select_backend(self.params.backend)
+        quiet = dataclasses.replace(self.params, save_results=False, output_file=None)
+
+        def make_step() -> ExposurePipeline:
+            step = type(self)(quiet, steps={key: sub.params for key, sub in self.steps.items()})
+            step.backend = self.backend
+            return step
+
+        kept: dict[str, Any] = {}
+        save = bool(self.params.save_results or self.params.output_file)
+        result = run_batch(paths, make_step, save=save, kept=kept)
+        if result.failed:
+            first = result.failed[0]
+            raise GpucalError(
+                f"{len(result.failed)} of {len(paths)} association members failed; first: {first.error}"
+            )
+        return [kept[path] for path in paths]
+
     def process(self, input_model: Any) -> Any:
         steps = self.steps
         self.timings = {}
+        self._check_input(input_model)
 
         def run(key: str, model: Any) -> Any:
             start = time.perf_counter()
@@ -142,9 +197,26 @@ class ExposurePipeline(Step[ExposurePipelineParams]):
             model = run("flatfield", model)
         set_cal_step(model, "source_catalog", "SKIPPED")
         set_cal_step(model, "tweakreg", "SKIPPED")
-        if "wcs" not in model.meta:
+        if type(model).__name__ == "ImageModel" and "wcs" not in model.meta:
             model.meta.wcs = None
         return model
+
+    def _check_input(self, model: Any) -> None:
+        """Check, before any work, what the steps that will run need of the exposure:
+        the WFI layout for refpix, a read pattern for the steps that use read times."""
+        from gpucal.io import check_exposure
+        from gpucal.refpix import refuse_partial_refpix
+
+        steps = self.steps
+        if not steps["refpix"].params.skip:
+            refuse_partial_refpix(steps["refpix"].params)
+        timed = ("saturation", "dark_decay", "wfi18_transient", "linearity", "jump", "rampfit")
+        source = self.input_path or str(model.meta.get("filename", "input"))
+        check_exposure(
+            model, source,
+            layout=not steps["refpix"].params.skip,
+            timing=any(not steps[key].params.skip for key in timed),
+        )
 
     def _saturated_product(self, ramp: Any) -> Any:
         from gpucal.image import fully_saturated_image
@@ -177,6 +249,34 @@ class ExposurePipeline(Step[ExposurePipelineParams]):
 
         wcs_model = rdm.WfiWcsModel.from_model_with_wcs(model)
         self.record_output(write_model(wcs_model, self.output_path(model, suffix="wcs")))
+
+
+_ABSENT_STEPS = ("source_catalog", "tweakreg")
+
+
+class _AbsentStep:
+    """romancal's source_catalog/tweakreg, which gpucal does not run: ``skip`` is accepted
+    (gpucal always skips them); any other setting is refused with one line."""
+
+    name: str
+    skip: bool
+
+    def __init__(self, name: str):
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "skip", True)
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        self.apply({key: value})
+
+    def apply(self, values: dict[str, Any]) -> None:
+        for key, value in values.items():
+            if key == "skip" and str(value).strip().lower() in ("true", "1", "yes", "on"):
+                continue
+            raise ParameterError(
+                f"roman_elp: gpucal has no {self.name} step (it always skips it); "
+                f"setting {self.name}.{key}={value!r} has no effect here: remove it, or run romancal's "
+                f"{self.name} on gpucal's cal file"
+            )
 
 
 def _fully_saturated(model: Any) -> bool:

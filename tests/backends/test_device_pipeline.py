@@ -46,7 +46,7 @@ def run_pipeline(backend, uncal: Path, out: Path, algorithm: str = "ols_cas22"):
         {"output_dir": str(out), "save_results": True, "steps": {"rampfit": {"algorithm": algorithm}}}
     )
     pipe.backend = backend
-    return pipe.run(str(uncal))
+    return pipe.run_model(str(uncal))
 
 
 @pytest.mark.parametrize("algorithm", ["ols_cas22", "likely"])
