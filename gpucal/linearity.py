@@ -33,6 +33,9 @@ class LinearityParams(StepParams):
     )
 
 
+INL_CHANNEL_WIDTH = 128
+
+
 def inl_table(ref: Any, nx: int) -> InlTable | None:
     """The INL grid and per-channel corrections of an INTEGRALNONLINEARITY model."""
     grid = ref._instance.get("value")
@@ -53,7 +56,9 @@ def inl_table(ref: Any, nx: int) -> InlTable | None:
                 f"integralnonlinearity channel {ch + 1}: correction has {corr.size} values, grid has {grid.size}"
             )
         corrections[ch] = corr
-    return InlTable(grid=grid, corrections=corrections, channel_width=nx // nch)
+    # romancal 1.1.0 fixes the channel width at 128 columns whatever the frame width, so a
+    # sub-frame or a small synthetic model takes the corrections of channels 1, 2, ... as there
+    return InlTable(grid=grid, corrections=corrections, channel_width=INL_CHANNEL_WIDTH)
 
 
 class LinearityStep(Step[LinearityParams]):

@@ -32,13 +32,16 @@ class RefPixParams(StepParams):
     remove_trends: bool = param(True, "Must stay True (gpucal runs the full correction).")
     cosine_interpolate: bool = param(True, "Must stay True (gpucal runs the full correction).")
     fft_interpolate: bool = param(True, "Must stay True (gpucal runs the full correction).")
+
+    def __post_init__(self) -> None:
+        refuse_partial_refpix(self)  # refused when set, before any input is read
     override_refpix: str | None = param(None, "REFPIX reference file to use instead of CRDS's choice.")
 
 
 _FLAGS = ("remove_offset", "remove_trends", "cosine_interpolate", "fft_interpolate")
 
 
-def refuse_partial_refpix(params: RefPixParams) -> None:
+def refuse_partial_refpix(params: Any) -> None:
     """One clear error for a refpix flag set to False (see :class:`RefPixParams`)."""
     off = [name for name in _FLAGS if not getattr(params, name)]
     if off:
@@ -87,7 +90,6 @@ class RefPixStep(Step[RefPixParams]):
     default_suffix = "refpix"
 
     def process(self, model: Any) -> Any:
-        refuse_partial_refpix(self.params)
         refs = self.resolve_references(model)
         if not refs["refpix"].available:
             log.warning("No REFPIX reference: step skipped")

@@ -76,7 +76,10 @@ class Step(Generic[P]):
     #: model classes this step takes as input
     accepts: ClassVar[tuple[str, ...]] = ("RampModel",)
 
-    def __init__(self, params: P | None = None, *, name: str | None = None, parent: Step | None = None):
+    def __init__(
+        self, params: P | None = None, *, name: str | None = None, parent: Step | None = None, **values: Any
+    ):
+        """``values`` are parameters by name, as stpipe's ``Step(**kwargs)`` takes them."""
         # instance attributes first: once ``params`` exists, setting a parameter's name sets it
         self.name = name or self.class_alias
         self.parent = parent
@@ -88,7 +91,11 @@ class Step(Generic[P]):
         self.timings: dict[str, float] = {}
         #: every product this step (and, for the top step, its sub-steps) wrote
         self.written: list[Path] = []
-        self.params: P = params if params is not None else self.Params()  # type: ignore[assignment]
+        if params is None:
+            params = build_params(self.Params, values)
+        elif values:
+            params = build_params(self.Params, values, base=params)
+        self.params: P = params  # type: ignore[assignment]
         _refuse_hooks(self.params, self.name)
 
     # ----------------------------------------------------------------- construction

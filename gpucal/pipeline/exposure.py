@@ -86,14 +86,22 @@ class ExposurePipeline(Step[ExposurePipelineParams]):
         self,
         params: ExposurePipelineParams | None = None,
         *,
-        steps: dict[str, StepParams] | None = None,
+        steps: dict[str, Any] | None = None,
         name: str | None = None,
         parent: Step | None = None,
+        **values: Any,
     ):
-        super().__init__(params, name=name, parent=parent)
-        steps = steps or {}
+        # stpipe's ExposurePipeline(steps={"rampfit": {"algorithm": "likely"}}, save_results=True)
+        super().__init__(params, name=name, parent=parent, **values)
+        steps = dict(steps or {})
+        for absent in _ABSENT_STEPS:
+            if absent in steps:
+                _AbsentStep(absent).apply(dict(steps.pop(absent)))
+        unknown = sorted(set(steps) - set(self.step_defs))
+        if unknown:
+            raise ParameterError(f"roman_elp has no step(s) {', '.join(unknown)}; steps are {', '.join(self.step_defs)}")
         self.steps: dict[str, Step[Any]] = {
-            key: cls(steps.get(key), name=key, parent=self) for key, cls in self.step_defs.items()
+            key: cls(_step_params(cls, steps.get(key)), name=key, parent=self) for key, cls in self.step_defs.items()
         }
 
     def __getattr__(self, name: str) -> Any:
@@ -205,11 +213,8 @@ class ExposurePipeline(Step[ExposurePipelineParams]):
         """Check, before any work, what the steps that will run need of the exposure:
         the WFI layout for refpix, a read pattern for the steps that use read times."""
         from gpucal.io import check_exposure
-        from gpucal.refpix import refuse_partial_refpix
 
         steps = self.steps
-        if not steps["refpix"].params.skip:
-            refuse_partial_refpix(steps["refpix"].params)
         timed = ("saturation", "dark_decay", "wfi18_transient", "linearity", "jump", "rampfit")
         source = self.input_path or str(model.meta.get("filename", "input"))
         check_exposure(
@@ -252,6 +257,13 @@ class ExposurePipeline(Step[ExposurePipelineParams]):
 
 
 _ABSENT_STEPS = ("source_catalog", "tweakreg")
+
+
+def _step_params(cls: type[Step[Any]], given: Any) -> Any:
+    """A step's parameters from a params object, a mapping of values, or None."""
+    if given is None or isinstance(given, StepParams):
+        return given
+    return build_params(cls.Params, dict(given))
 
 
 class _AbsentStep:
