@@ -393,3 +393,19 @@ def test_hooks_are_refused_with_one_line(crds, tmp_path):
     with pytest.raises(ParameterError, match="post_hooks are not supported"):
         cls("gpucal", "dq_init").call(str(crds.uncal), config_file=str(pars))
     assert values["post_hooks"] == ["echo hi"]
+
+
+def test_strun_association(crds, tmp_path):
+    """``strun roman_elp asn.json`` calibrates every member and names products after them."""
+    import shutil
+
+    from gpucal.cli import run_strun
+
+    members = []
+    for name in ("a_uncal.asdf", "b_uncal.asdf"):
+        shutil.copy(crds.uncal, tmp_path / name)
+        members.append(tmp_path / name)
+    (tmp_path / "asn.json").write_text(json.dumps(association(tmp_path, members)))
+    out = tmp_path / "out"
+    assert run_strun(["roman_elp", str(tmp_path / "asn.json"), "--backend=cpu", f"--output_dir={out}"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a_cal.asdf", "a_wcs.asdf", "b_cal.asdf", "b_wcs.asdf"]
