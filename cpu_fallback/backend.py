@@ -22,7 +22,7 @@ from gpucal.readpattern import ReadTiming
 
 __all__ = ["CpuBackend"]
 
-RAMP_FIT_ALGORITHMS = ("ols_cas22", "likely")
+RAMP_FIT_ALGORITHMS = ("gls", "ols_cas22", "likely")
 
 
 class CpuBackend:
@@ -132,7 +132,9 @@ class CpuBackend:
         algorithm: str,
         params: RampFitParams,
     ) -> RampFitResult:
-        if algorithm == "ols_cas22":
+        if algorithm == "gls":
+            from cpu_fallback.ramp_fit.gls import fit_gls as fit
+        elif algorithm == "ols_cas22":
             from cpu_fallback.ramp_fit.ols_cas22 import fit_ols_cas22 as fit
         elif algorithm == "likely":
             from cpu_fallback.ramp_fit.likely import fit_likely as fit

@@ -1,8 +1,11 @@
 """rampfit: RampModel -> ImageModel slopes (refs: READNOISE, GAIN).
 
-``ols_cas22`` (gpucal's default: Casertano 2022 optimal weights for uneven resultants,
-segments split at jumps and saturation) or ``likely`` (romancal 1.1.0's default,
-Brandt 2024 maximum likelihood with its own jump search).
+``gls`` (gpucal's default: generalised least squares with the full covariance of uneven
+resultants, the covariance rate refitted so the weights do not bias the slope, segments
+split at jumps and saturation, saturation inside the last resultant found;
+:mod:`cpu_fallback.ramp_fit.gls`), ``ols_cas22`` (romancal's Casertano 2022 optimal
+weights) or ``likely`` (romancal 1.1.0's default, Brandt 2024 maximum likelihood with its
+own jump search).
 """
 
 from __future__ import annotations
@@ -23,13 +26,15 @@ __all__ = ["RampFitStep", "RampFitStepParams", "ALGORITHMS"]
 
 log = logging.getLogger(__name__)
 
-ALGORITHMS = ("ols_cas22", "likely")
+ALGORITHMS = ("gls", "ols_cas22", "likely")
 
 
 @dataclass(frozen=True)
 class RampFitStepParams(StepParams):
-    algorithm: str = param("ols_cas22", "Ramp-fitting algorithm: ols_cas22 or likely.", choices=ALGORITHMS)
-    rejection_threshold: float = param(4.5, "Jump threshold (sigma); likely always uses 4.5, as romancal.")
+    algorithm: str = param("gls", "Ramp-fitting algorithm: gls, ols_cas22 or likely.", choices=ALGORITHMS)
+    rejection_threshold: float = param(
+        4.5, "gls: threshold (sigma) of its jump search; likely always uses 4.5, as romancal; ols_cas22: unused."
+    )
     use_ramp_jump_detection: bool = param(True, "Search for jumps inside the ramp fit.")
     threshold_intercept: float | None = param(None, "ols_cas22 jump threshold intercept (default 5.5).")
     threshold_constant: float | None = param(None, "ols_cas22 jump threshold slope constant (default 1/3).")
@@ -52,7 +57,7 @@ class RampFitStep(Step[RampFitStepParams]):
     def process(self, model: Any) -> Any:
         p = self.params
         if p.algorithm not in ALGORITHMS:
-            raise ParameterError(f"rampfit: unknown algorithm {p.algorithm!r}; choose ols_cas22 or likely")
+            raise ParameterError(f"rampfit: unknown algorithm {p.algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
         k = model.data.shape[0]
         if p.algorithm == "likely" and k < 4:
             raise ParameterError(f"rampfit: the likely algorithm needs at least 4 resultants, this exposure has {k}")
@@ -73,7 +78,7 @@ class RampFitStep(Step[RampFitStepParams]):
         jumps = jump_indices(fit.groupdq) if (p.record_jumps and p.algorithm == "likely") else None
         image = create_image_model(
             model, fit.slope, fit.dq, fit.err, fit.var_poisson, fit.var_rnoise,
-            fit.chisq if p.algorithm == "likely" else None, slope_u, p.include_var_rnoise, jumps,
+            fit.chisq if p.algorithm != "ols_cas22" else None, slope_u, p.include_var_rnoise, jumps,
         )
         image.meta.cal_step.ramp_fit = "COMPLETE"
         return image

@@ -57,8 +57,8 @@ class RampFitParams:
 
     ``threshold_intercept`` / ``threshold_constant``: ols_cas22 jump thresholds
     (defaults 5.5 and 1/3 when None). ``use_ramp_jump_detection``: jump search inside the
-    ols_cas22 fit.  ``likely`` ignores both it and ``rejection_threshold``: as in
-    romancal 1.1.0 it always searches for jumps at 4.5 sigma.
+    gls and ols_cas22 fits; ``rejection_threshold``: the gls search's threshold (sigma).
+    ``likely`` ignores both: as in romancal 1.1.0 it always searches for jumps at 4.5 sigma.
     """
 
     use_ramp_jump_detection: bool = True
@@ -211,7 +211,7 @@ class Backend(Protocol):
         algorithm: str,
         params: RampFitParams,
     ) -> RampFitResult:
-        """Fit every pixel's ramp. ``algorithm`` is ``"ols_cas22"`` or ``"likely"``."""
+        """Fit every pixel's ramp. ``algorithm`` is ``"gls"``, ``"ols_cas22"`` or ``"likely"``."""
         ...
 
     def uniform_slope(self, data: np.ndarray, timing: ReadTiming) -> np.ndarray:

@@ -87,6 +87,11 @@ def _ramp_inputs(rt: Any, data, groupdq, pixeldq, readnoise, gain) -> tuple[Any,
     return tuple(up(rt, a, t) for a, t in zip((data, groupdq, pixeldq, readnoise, gain), types, strict=True))
 
 
+def gls(rt: Any, data, groupdq, pixeldq, readnoise, gain, timing, params=None) -> RampFitResult:
+    inputs = _ramp_inputs(rt, data, groupdq, pixeldq, readnoise, gain)
+    return down(rt, launch.gls(rt, *inputs, timing, params or RampFitParams()))
+
+
 def likely(rt: Any, data, groupdq, pixeldq, readnoise, gain, timing: ReadTiming) -> RampFitResult:
     return down(rt, launch.likely(rt, *_ramp_inputs(rt, data, groupdq, pixeldq, readnoise, gain), timing))
 

@@ -41,6 +41,7 @@ from gpucal.backends.device._launch_common import (
 )
 from gpucal.backends.device.launch_ramp import (
     frame_search_mode,
+    gls,
     jump,
     jump_search_mode,
     likely,
@@ -65,6 +66,7 @@ __all__ = [
     "jump_search_mode",
     "search_mode",
     "ramp_fit",
+    "gls",
     "likely",
     "ols_cas22",
     "uniform_slope",

@@ -1,9 +1,11 @@
 """Kernel launch sequences of jump detection and the ramp fits (see :mod:`.launch`).
 
-``jump.cu``, ``ramp_fit_likely.cu``, ``ramp_fit_ols_cas22.cu`` and ``uniform_slope.cu``,
+``jump.cu``, ``ramp_fit_gls.cu``, ``ramp_fit_likely.cu``, ``ramp_fit_ols_cas22.cu`` and
+``uniform_slope.cu``,
 with the NumPy backend's signatures on device arrays.  Their read-pattern constants are
 computed on the host by the very NumPy functions the NumPy backend uses
 (:func:`cpu_fallback.jump.difference_noise`,
+:func:`cpu_fallback.ramp_fit.gls.pattern_constants`,
 :func:`cpu_fallback.ramp_fit.likely.pattern_constants`,
 :func:`cpu_fallback.ramp_fit.ols_cas22.pattern_constants`,
 :func:`cpu_fallback.uniform.uniform_weights`) and uploaded as ``"constants"``, so the
@@ -22,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from cpu_fallback.jump import MIN_DIFFS_SINGLE_PASS, MIN_USABLE_GROUPS, REFERENCE_RATES, difference_noise
+from cpu_fallback.ramp_fit import gls as gls_np
 from cpu_fallback.ramp_fit import likely as likely_np
 from cpu_fallback.ramp_fit import ols_cas22 as ols_np
 from cpu_fallback.ramp_fit._common import check_inputs
@@ -46,6 +49,7 @@ __all__ = [
     "jump_search_mode",
     "search_mode",
     "jump",
+    "gls",
     "likely",
     "ols_cas22",
     "ramp_fit",
@@ -56,7 +60,7 @@ _I32 = np.int32
 _F32 = np.float32
 _DNU = np.uint8(GroupFlag.DO_NOT_USE)
 #: ``algorithm`` values of :func:`ramp_fit`.
-RAMP_FIT_ALGORITHMS = ("ols_cas22", "likely")
+RAMP_FIT_ALGORITHMS = ("gls", "ols_cas22", "likely")
 
 
 def _check_ramp_inputs(data: Any, groupdq: Any, pixeldq: Any, readnoise: Any, gain: Any, timing: ReadTiming) -> None:
@@ -262,6 +266,51 @@ def _outputs(rt: DeviceRuntime, shape: tuple[int, int], n: int) -> list[Any]:
     return [rt.empty(shape, np.float32) for _ in range(n)]
 
 
+def gls(
+    rt: DeviceRuntime,
+    data: Any,
+    groupdq: Any,
+    pixeldq: Any,
+    readnoise: Any,
+    gain: Any,
+    timing: ReadTiming,
+    params: RampFitParams | None = None,
+) -> RampFitResult:
+    """gpucal's generalised-least-squares ramp fit (``ramp_fit_gls.cu``).
+
+    Arguments as :func:`ols_cas22`; ``params``: ``use_ramp_jump_detection`` and
+    ``rejection_threshold`` (sigma) of the search for jumps inside the fit.
+
+    Returns
+    -------
+    RampFitResult
+        New (ny, nx) float32 slope (DN/s), err, var_poisson, var_rnoise ((DN/s)**2),
+        chisq and uint32 dq; ``groupdq`` is the array given, with JUMP_DET on the later
+        resultant of every jump found and SATURATED on a last resultant found short.
+
+    Raises
+    ------
+    ValueError
+        Inconsistent shapes, or more than ``GLS_MAX_RESULTANTS`` resultants.
+    """
+    params = params or RampFitParams()
+    _check_ramp_inputs(data, groupdq, pixeldq, readnoise, gain, timing)
+    nres, ny, nx = (int(n) for n in data.shape)
+    if nres > gls_np.GLS_MAX_RESULTANTS:
+        raise ValueError(f"the gls ramp fit handles 1 to {gls_np.GLS_MAX_RESULTANTS} resultants, got {nres}")
+    pat = gls_np.pattern_constants(timing)
+    consts = upload_constants(rt, pat.table(), np.float64)
+    outs = _outputs(rt, (ny, nx), 5)
+    dq = rt.empty((ny, nx), np.uint32)
+    launch(rt, "ramp_fit_gls", "ramp_fit_gls", ny * nx, (
+        data, groupdq, pixeldq, readnoise, gain, consts, np.uint32(pat.multi),
+        _I32(bool(params.use_ramp_jump_detection)), np.float64(params.rejection_threshold),
+        np.float64(gls_np.SHORTFALL_SIGMA), _I32(nres), _I32(ny * nx), *outs, dq,
+    ))  # fmt: skip
+    slope, err, var_poisson, var_rnoise, chisq = outs
+    return RampFitResult(slope, err, var_poisson, var_rnoise, chisq, dq, groupdq)
+
+
 def likely(
     rt: DeviceRuntime, data: Any, groupdq: Any, pixeldq: Any, readnoise: Any, gain: Any, timing: ReadTiming
 ) -> RampFitResult:
@@ -366,7 +415,7 @@ def ramp_fit(
     algorithm: str,
     params: RampFitParams,
 ) -> RampFitResult:
-    """Fit every pixel's ramp: :func:`ols_cas22` or :func:`likely` (``algorithm``).
+    """Fit every pixel's ramp: :func:`gls`, :func:`ols_cas22` or :func:`likely` (``algorithm``).
 
     Raises
     ------
@@ -374,6 +423,8 @@ def ramp_fit(
         Unknown algorithm, inconsistent shapes, or ``likely`` with fewer than 4 resultants
         (as the NumPy backend).
     """
+    if algorithm == "gls":
+        return gls(rt, data, groupdq, pixeldq, readnoise, gain, timing, params)
     if algorithm == "ols_cas22":
         return ols_cas22(rt, data, groupdq, pixeldq, readnoise, gain, timing, params)
     if algorithm == "likely":

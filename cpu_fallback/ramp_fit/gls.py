@@ -1,0 +1,441 @@
+"""gpucal's own ramp fit (``gls``): generalised least squares with a refitted covariance rate.
+
+Model
+-----
+For one pixel, resultants ``x_k`` (electrons: DN times the gain), ``N_k`` reads each, mean
+read times ``tbar_k`` and variance-weighted times ``tau_k`` (:mod:`gpucal.readpattern`),
+read noise ``sigma`` (e-, one read) and count rate ``s`` (e-/s), the differences
+``d_j = x_{j+1} - x_j`` (j = 0..n-1, n = K-1) satisfy ``d = s dt + noise`` with
+``dt_j = tbar_{j+1} - tbar_j`` and a tridiagonal covariance (Brandt 2024, paper I, §3;
+Casertano 2022)::
+
+    C_jj      = sigma**2 (1/N_j + 1/N_{j+1}) + s (tau_j + tau_{j+1} - 2 tbar_j)
+    C_j,j+1   = -sigma**2 / N_{j+1}          + s (tbar_{j+1} - tau_{j+1})
+
+(read noise of the shared resultant, and the Poisson covariance of reads two resultants
+share).  The intercept is gone with the differences.  Omitting a difference from ``d`` and
+its row and column from ``C`` is the exact likelihood of the rest: this is how a ramp is
+split into segments at jumps, saturation and flagged resultants, with one common slope.
+
+The generalised least-squares slope is ``s_hat = (dt' C^-1 d) / (dt' C^-1 dt)`` with
+variance ``1 / (dt' C^-1 dt)``.  Both products come from one forward sweep of the LDL'
+factorisation of ``C`` (``l_j = C_j-1,j / m_j-1``, ``m_j = C_jj - l_j C_j-1,j``,
+``u = L^-1 dt``, ``v = L^-1 d``: ``F = sum u_j**2/m_j``, ``G = sum u_j v_j/m_j``), O(n) per
+pixel; a backward sweep gives the weights ``h = C^-1 dt / F``, which split the variance
+exactly into read and Poisson parts (``h' C_rn h`` and ``s h' C_ph h``).  Chi-square is
+``d' C^-1 d - G**2/F``.
+
+Unbiased weights
+----------------
+``C`` depends on the rate.  Taking it from the pixel's own final estimate correlates the
+weights with the noise they weigh (Casertano's SNR-switched power, or ``likely``'s rate
+guess): Brandt 2024 (paper I, §4) derives that bias.  To first order, the bias of a fit
+whose covariance rate is a linear estimate ``c'd`` is proportional to ``C (c - h)``: it
+vanishes when the rate in the covariance is itself the optimal estimate.  So the fit runs
+three passes: read noise only (``s = 0``: unbiased, nearly optimal when read noise
+dominates), then the covariance at that rate, then at the second pass's rate, whose
+weights differ from the optimal ones only at second order.  Measured bias (the Monte Carlo
+in ``tests/cpu_fallback/test_ramp_fit_gls_montecarlo.py``): below 0.002 sigma from 0.1 to
+1000 e-/s.  The rate in the covariance is clipped at 0.
+
+Jumps, saturation and flags
+---------------------------
+* A resultant with any group flag but JUMP_DET (SATURATED, DO_NOT_USE, ...) removes both
+  differences it belongs to.  JUMP_DET on resultant ``k`` (the jump step's mark: the step
+  happened between resultants ``k-1`` and ``k``) removes difference ``k-1``, and also ``k``
+  when resultant ``k`` has more than one read (the hit may lie between its reads, so part
+  of it is in the next difference).
+* Search, on pixels with at least three usable differences: standardised residuals
+  ``r_j = (d_j - s_hat dt_j) / sqrt(C_jj - dt_j**2 / F)`` (the exact residual variance of
+  the fit).  A jump is the largest ``r_j`` above ``rejection_threshold`` (one-sided: a
+  cosmic ray adds charge); JUMP_DET goes on resultant ``j+1``.  Saturation inside the last
+  usable resultant ``L`` (full well reached during its reads, its average still below the
+  saturation threshold): ``r_{L-1}`` below ``-SHORTFALL_SIGMA``, the resultant falling
+  short of the ramp the earlier ones predict; resultant ``L`` gets SATURATED.  The larger
+  of the two in ``|r|`` is removed, the pixel refitted (three passes again) and searched
+  again, one difference at a time.
+* ``dq``: pixeldq | JUMP_DET (any resultant) | SATURATED (any resultant, including those
+  found short) | DO_NOT_USE (no usable difference, slope not finite, every resultant
+  SATURATED/DO_NOT_USE, read noise or gain not positive and finite) | NO_GAIN_VALUE.
+
+Numerics
+--------
+Float64 from the float32 inputs to the float32 outputs, every operation rounded on its own
+(no fused multiply-add) and in the order of ``gpucal/kernels/ramp_fit_gls.cu``, which this
+module mirrors bit for bit: only + - * / and sqrt, no libm transcendental, no dependence on
+denormals (the GPU contract of the device backend).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import NamedTuple
+
+import numpy as np
+
+from cpu_fallback.ramp_fit._common import check_inputs, compress_dq, pixel_bit, row_blocks
+from gpucal.backends.protocol import RampFitParams, RampFitResult
+from gpucal.dq import GroupFlag, PixelFlag
+from gpucal.readpattern import ReadTiming
+
+__all__ = ["fit_gls", "pattern_constants", "SHORTFALL_SIGMA", "GLS_MAX_RESULTANTS", "BLOCK_PIXELS"]
+
+log = logging.getLogger(__name__)
+
+#: Significance (sigma) below the ramp at which the last usable resultant is taken to have
+#: saturated inside its reads.
+SHORTFALL_SIGMA = 4.5
+#: As ``RAMP_MAX_RESULTANTS`` of the kernels: the usable-difference masks are 32-bit words.
+GLS_MAX_RESULTANTS = 32
+#: Pixels per block: the passes are short loops over differences, so larger blocks than
+#: the other fits' keep NumPy's per-call overhead small.
+BLOCK_PIXELS = 8192
+
+_F64 = np.float64
+_JUMP = np.uint8(GroupFlag.JUMP_DET)
+_SAT = np.uint8(GroupFlag.SATURATED)
+
+
+class GlsPattern(NamedTuple):
+    """Read-pattern constants of the fit, float64 (n = K - 1 differences)."""
+
+    dt: np.ndarray  # (n,) s, tbar_{j+1} - tbar_j
+    rd: np.ndarray  # (n,) 1/N_j + 1/N_{j+1}
+    ph: np.ndarray  # (n,) s, tau_j + tau_{j+1} - 2 tbar_j
+    crd: np.ndarray  # (n,) -1/N_{j+1} (coupling of j-1 and j at index j; entry 0 unused, 0)
+    cph: np.ndarray  # (n,) s, tbar_j - tau_j (coupling of j-1 and j at index j; entry 0: 0)
+    multi: int  # bit k set: resultant k has more than one read
+    w0: np.ndarray  # (n,) 1/s, read-noise-only GLS weights when every difference is usable
+
+    def table(self) -> np.ndarray:
+        """The (6, n) float64 table the kernel reads (rows dt, rd, ph, crd, cph, w0)."""
+        return np.stack([self.dt, self.rd, self.ph, self.crd, self.cph, self.w0])
+
+
+def pattern_constants(timing: ReadTiming) -> GlsPattern:
+    """Difference constants of ``timing`` (K resultants, K >= 1), float64.
+
+    The coupling arrays are indexed by the later difference: ``crd[j]``/``cph[j]`` couple
+    differences ``j-1`` and ``j`` (they share resultant ``j``), so the kernel and this
+    module read one index per step of the sweep.
+    """
+    n = timing.n_reads.astype(_F64)
+    tbar = np.asarray(timing.tbar, _F64)
+    tau = np.asarray(timing.tau, _F64)
+    nd = max(timing.nresultants - 1, 0)
+    crd = np.zeros(nd)
+    cph = np.zeros(nd)
+    crd[1:] = -1.0 / n[1:-1]
+    cph[1:] = tbar[1:-1] - tau[1:-1]
+    multi = sum(1 << k for k, r in enumerate(timing.n_reads) if r > 1 and k < GLS_MAX_RESULTANTS)
+    dt = tbar[1:] - tbar[:-1]
+    rd = 1.0 / n[:-1] + 1.0 / n[1:]
+    # read-noise-only covariance (sigma = 1) of all the differences: weights C^-1 dt / F
+    cov = np.diag(rd)
+    if nd > 1:
+        cov[np.arange(1, nd), np.arange(nd - 1)] = crd[1:]
+        cov[np.arange(nd - 1), np.arange(1, nd)] = crd[1:]
+    w0 = np.linalg.solve(cov, dt) if nd else np.zeros(0)
+    w0 = w0 / float(w0 @ dt) if nd else w0
+    return GlsPattern(
+        dt=dt,
+        rd=rd,
+        ph=tau[:-1] + tau[1:] - 2.0 * tbar[:-1],
+        crd=crd,
+        cph=cph,
+        multi=multi,
+        w0=w0,
+    )
+
+
+def initial_usable(gdq: np.ndarray, multi: int) -> tuple[np.ndarray, np.ndarray]:
+    """Usable differences and the last usable resultant, from group flags.
+
+    Parameters
+    ----------
+    gdq : ndarray, shape (K, P), uint8
+        Group flags.
+    multi : int
+        :attr:`GlsPattern.multi`.
+
+    Returns
+    -------
+    usable : ndarray, shape (K-1, P), bool
+    last : ndarray, shape (P,), intp
+        Index of the last resultant with no flag but JUMP_DET (-1 if none).
+    """
+    nres = gdq.shape[0]
+    bad = (gdq & ~_JUMP) != 0
+    jump = (gdq & _JUMP) != 0
+    usable = ~(bad[1:] | bad[:-1]) & ~jump[1:]
+    for k in range(nres - 1):
+        if (multi >> k) & 1:
+            usable[k] &= ~jump[k]  # the hit may lie between resultant k's reads
+    good = ~bad
+    last = np.where(good.any(axis=0), nres - 1 - np.argmax(good[::-1], axis=0), -1)
+    return usable, last
+
+
+class _Fit(NamedTuple):
+    slope: np.ndarray  # (P,) e-/s
+    var_r: np.ndarray  # (P,) (e-/s)**2
+    var_p: np.ndarray
+    chisq: np.ndarray
+    resid: np.ndarray  # (n, P) standardised residuals (0 where unusable)
+
+
+def _sweep(
+    deff: np.ndarray, dteff: np.ndarray, usable: np.ndarray, link: np.ndarray, rate: np.ndarray, rn2: np.ndarray,
+    pat: GlsPattern, final: bool,
+) -> tuple[np.ndarray, ...]:
+    """One forward LDL' sweep at covariance rate ``rate`` (P,).
+
+    ``deff``/``dteff`` (n, P) are the differences and their time steps, 0 where unusable;
+    ``link`` (n, P) marks differences coupled to the previous one (both usable).  An
+    unusable difference gets covariance 1 and no coupling, so it adds exactly 0 to every
+    sum and the sweep needs no branch (the kernel branches; the values are the same).
+
+    Returns s_hat, F, G, and when ``final``: H (sum v**2/m), the (n, P) diagonal, l, m and q.
+    """
+    nd, npix = deff.shape
+    diag = np.multiply(rn2, pat.rd[:, None])
+    tmp = np.multiply(rate, pat.ph[:, None])
+    diag += tmp
+    np.copyto(diag, 1.0, where=~usable)
+    off = np.multiply(rn2, pat.crd[:, None])
+    np.multiply(rate, pat.cph[:, None], out=tmp)
+    off += tmp
+    np.copyto(off, 0.0, where=~link)
+    fsum = np.zeros(npix)
+    gsum = np.zeros(npix)
+    hsum = np.zeros(npix)
+    if final:
+        ls, ms, us, vs, qs = (np.empty((nd, npix)) for _ in range(5))
+    else:  # two rolling rows suffice
+        ls, ms, us, vs, qs = (np.empty((2, npix)) for _ in range(5))
+    t = np.empty(npix)
+    for j in range(nd):
+        i, ip = (j, j - 1) if final else (j & 1, (j - 1) & 1)
+        lj, mj, uj, vj, q = ls[i], ms[i], us[i], vs[i], qs[i]
+        if j == 0:
+            lj[:] = 0.0
+            mj[:] = diag[0]
+            uj[:] = dteff[0]
+            vj[:] = deff[0]
+        else:
+            np.divide(off[j], ms[ip], out=lj)
+            np.multiply(lj, off[j], out=t)
+            np.subtract(diag[j], t, out=mj)
+            np.multiply(lj, us[ip], out=t)
+            np.subtract(dteff[j], t, out=uj)
+            np.multiply(lj, vs[ip], out=t)
+            np.subtract(deff[j], t, out=vj)
+        np.divide(uj, mj, out=q)
+        np.multiply(uj, q, out=t)
+        fsum += t
+        np.multiply(vj, q, out=t)
+        gsum += t
+        if final:
+            np.divide(vj, mj, out=t)
+            t *= vj
+            hsum += t
+    slope = gsum / fsum
+    if final:
+        return slope, fsum, gsum, hsum, diag, ls, ms, qs
+    return (slope,)
+
+
+def _dot(w: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """``sum_j w_j d_j`` over axis 0, accumulated in order (as the kernel)."""
+    acc = np.zeros(d.shape[1])
+    t = np.empty(d.shape[1])
+    for j in range(d.shape[0]):
+        np.multiply(d[j], w[j], out=t)
+        acc += t
+    return acc
+
+
+def _fit(d: np.ndarray, usable: np.ndarray, rn2: np.ndarray, pat: GlsPattern) -> _Fit:
+    """Three-pass fit of the pixels of a block (the module docstring)."""
+    nd, npix = d.shape
+    zero = np.zeros(npix)
+    deff = np.where(usable, d, 0.0)
+    dteff = np.where(usable, pat.dt[:, None], 0.0)
+    link = np.zeros_like(usable)
+    link[1:] = usable[1:] & usable[:-1]
+    # pass 1 (rate 0): fixed weights where every difference is usable, else the sweep
+    full = usable.all(axis=0)
+    if full.all():
+        s0 = _dot(pat.w0, d)
+    else:
+        s0 = _sweep(deff, dteff, usable, link, zero, rn2, pat, False)[0]
+        if full.any():
+            s0[full] = _dot(pat.w0, d[:, full])
+    rate = np.where(s0 > 0, s0, zero)
+    s1 = _sweep(deff, dteff, usable, link, rate, rn2, pat, False)[0]
+    rate = np.where(s1 > 0, s1, zero)
+    slope, fsum, gsum, hsum, diag, ls, ms, qs = _sweep(deff, dteff, usable, link, rate, rn2, pat, True)
+    # backward sweep: w = C^-1 dt = L^-T q, h = w / F; read and Poisson parts of h' C h
+    w = np.empty((nd, npix))
+    w_next = zero
+    for j in range(nd - 1, -1, -1):
+        w[j] = qs[j] - ls[j + 1] * w_next if j + 1 < nd else qs[j]
+        w_next = w[j]
+    h = w / fsum
+    hsq = h * h
+    prod_r = hsq * pat.rd[:, None]
+    prod_p = hsq * pat.ph[:, None]
+    hh = 2.0 * (h[:-1] * h[1:])
+    cross_r = hh * pat.crd[1:, None]
+    cross_p = hh * pat.cph[1:, None]
+    var_r = prod_r[0].copy() if nd else np.zeros(npix)
+    var_p = prod_p[0].copy() if nd else np.zeros(npix)
+    for j in range(1, nd):  # in order, as the kernel accumulates
+        var_r += prod_r[j]
+        var_r += cross_r[j - 1]
+        var_p += prod_p[j]
+        var_p += cross_p[j - 1]
+    var_r = var_r * rn2
+    var_p = var_p * np.where(slope > 0, slope, zero)
+    # standardised residuals: the residual variance of a GLS fit is C_jj - dt_j**2 / F
+    rvar = diag - (pat.dt * pat.dt)[:, None] / fsum
+    e = d - slope * pat.dt[:, None]
+    pos = usable & (rvar > 0)
+    resid = np.where(pos, e / np.sqrt(np.where(pos, rvar, 1.0)), 0.0)
+    chisq = hsum - slope * gsum
+    return _Fit(slope, var_r, var_p, chisq, resid)
+
+
+def _search(
+    d: np.ndarray, usable: np.ndarray, last: np.ndarray, rn2: np.ndarray, pat: GlsPattern, t_jump: float
+) -> tuple[_Fit, np.ndarray, np.ndarray]:
+    """Fit, and remove jumps and a short last resultant one difference at a time.
+
+    Returns the final fit, the (n, P) jumps found and the (P,) pixels found short.
+    """
+    nd, npix = d.shape
+    jumps = np.zeros((nd, npix), bool)
+    short = np.zeros(npix, bool)
+    jl_all = last - 1
+    u = usable.copy()
+    out = fit = _fit(d, u, rn2, pat)
+    active = np.arange(npix)
+    while True:
+        testable = np.count_nonzero(u, axis=0) >= 3
+        r = fit.resid
+        cols = np.arange(active.size)
+        # the largest residual of a usable difference, NaN skipped (as the kernel)
+        r_use = np.where(u, r, -np.inf)
+        rb = np.fmax.reduce(r_use, axis=0)
+        is_jump = testable & (rb > t_jump)
+        jb = np.zeros(active.size, np.intp)
+        if is_jump.any():  # first index of the maximum, as the kernel's strict >
+            jb[is_jump] = np.argmax(np.where(np.isnan(r_use[:, is_jump]), -np.inf, r_use[:, is_jump]), axis=0)
+        jl = jl_all[active]
+        jl_ok = jl >= 0
+        jlc = np.where(jl_ok, jl, 0)
+        rl = r[jlc, cols]
+        is_short = testable & jl_ok & ~short[active] & u[jlc, cols] & (rl < -SHORTFALL_SIGMA)
+        take_short = is_short & ~(is_jump & (rb > -rl))
+        take_jump = is_jump & ~take_short
+        pj, ps = active[take_jump], active[take_short]
+        usable[jb[take_jump], pj] = False
+        jumps[jb[take_jump], pj] = True
+        usable[jlc[take_short], ps] = False
+        short[ps] = True
+        active = active[take_jump | take_short]
+        if not active.size:
+            break
+        u = usable[:, active]
+        fit = _fit(d[:, active], u, rn2[active], pat)
+        for name in ("slope", "var_r", "var_p", "chisq"):
+            getattr(out, name)[active] = getattr(fit, name)
+    return out, jumps, short
+
+
+def fit_gls(
+    data: np.ndarray,
+    groupdq: np.ndarray,
+    pixeldq: np.ndarray,
+    readnoise: np.ndarray,
+    gain: np.ndarray,
+    timing: ReadTiming,
+    params: RampFitParams,
+) -> RampFitResult:
+    """Fit every pixel's ramp with gpucal's ``gls`` algorithm (module docstring).
+
+    Parameters
+    ----------
+    data : ndarray, (K, ny, nx) float32
+        Resultants, DN.
+    groupdq : ndarray, (K, ny, nx) uint8
+        Group flags (not modified).
+    pixeldq : ndarray, (ny, nx) uint32
+        Pixel flags, passed through into ``dq``.
+    readnoise : ndarray, (ny, nx) float32
+        Read noise of a single read, DN.
+    gain : ndarray, (ny, nx) float32
+        Gain, e-/DN.
+    timing : ReadTiming
+        Read pattern and frame time (1 <= K <= 32).
+    params : RampFitParams
+        ``use_ramp_jump_detection`` (search for jumps in the fit) and
+        ``rejection_threshold`` (its threshold, sigma).
+
+    Returns
+    -------
+    RampFitResult
+        slope (DN/s), err, var_poisson, var_rnoise ((DN/s)**2), chisq, float32: NaN where
+        no difference is usable or the gain or read noise is not positive and finite;
+        ``dq`` as the module docstring; ``groupdq`` a new array with JUMP_DET on the later
+        resultant of every jump found and SATURATED on every resultant found short.
+    """
+    nres = data.shape[0]
+    check_inputs(data, groupdq, pixeldq, readnoise, gain, timing.nresultants)
+    if not 1 <= nres <= GLS_MAX_RESULTANTS:
+        raise ValueError(f"the gls ramp fit handles 1 to {GLS_MAX_RESULTANTS} resultants, got {nres}")
+    _, ny, nx = data.shape
+    pat = pattern_constants(timing)
+    t_jump = float(params.rejection_threshold) if params.use_ramp_jump_detection else np.inf
+    outs = [np.empty((ny, nx), np.float32) for _ in range(5)]
+    gdq_out = np.empty_like(groupdq, dtype=np.uint8)
+    dq = np.empty((ny, nx), np.uint32)
+    with np.errstate(all="ignore"):
+        for rows in row_blocks(ny, nx, BLOCK_PIXELS):
+            npix = (rows.stop - rows.start) * nx
+            g = np.asarray(gain[rows], dtype=np.float32).reshape(npix).astype(_F64)
+            rn = np.asarray(readnoise[rows], dtype=np.float32).reshape(npix).astype(_F64)
+            gblk = np.array(groupdq[:, rows], dtype=np.uint8).reshape(nres, npix)
+            x = np.asarray(data[:, rows], dtype=np.float32).reshape(nres, npix).astype(_F64) * g
+            rn_e = rn * g
+            rn2 = rn_e * rn_e
+            ok = (g > 0) & (g <= np.finfo(_F64).max) & (rn > 0) & (rn <= np.finfo(_F64).max)
+            usable, last = initial_usable(gblk, pat.multi)
+            usable &= ok
+            if nres > 1:
+                fit, jumps, short = _search(x[1:] - x[:-1], usable, last, rn2, pat, t_jump)
+            else:  # no difference, no slope
+                fit = _Fit(*(np.full(npix, np.nan) for _ in range(4)), np.zeros((0, npix)))
+                jumps, short = np.zeros((0, npix), bool), np.zeros(npix, bool)
+            g2 = g * g
+            nan = np.where(ok, 0.0, np.nan)
+            slope = fit.slope / g + nan
+            var_r = fit.var_r / g2 + nan
+            var_p = fit.var_p / g2 + nan
+            err = np.sqrt(var_p + var_r)
+            chisq = fit.chisq + nan
+            for out, arr in zip(outs, (slope, err, var_p, var_r, chisq), strict=True):
+                out[rows] = arr.astype(np.float32).reshape(-1, nx)
+            gblk[1:] |= np.where(jumps, _JUMP, np.uint8(0))
+            lastc = np.where(last >= 0, last, 0)
+            cols = np.arange(npix)
+            gblk[lastc, cols] |= np.where(short, _SAT, np.uint8(0))
+            gdq_out[:, rows] = gblk.reshape(nres, -1, nx)
+            bdq = compress_dq(gblk, pixeldq[rows].reshape(npix), saturated_if_all=False)
+            bad = ~np.isfinite(slope) | ~(err > 0) | ~usable.any(axis=0)
+            bdq |= pixel_bit(bad, PixelFlag.DO_NOT_USE)
+            bdq |= pixel_bit((g < 0) | ~np.isfinite(g), PixelFlag.NO_GAIN_VALUE)
+            dq[rows] = bdq.reshape(-1, nx)
+    slope, err, var_p, var_r, chisq = outs
+    log.debug("gls: %d pixels with jumps", int(np.count_nonzero(dq & PixelFlag.JUMP_DET)))
+    return RampFitResult(slope, err, var_p, var_r, chisq, dq, gdq_out)
