@@ -38,7 +38,7 @@ def test_pipeline_help_lists_every_parameter(argv, capsys):
         "--steps.saturation.n_pix_grow_sat", "--steps.wfi18_transient.mask_rows",
     ):
         assert option in out, option
-    assert "[default=ols_cas22]" in out
+    assert "[default=gls]" in out
     assert "--steps.rampfit.backend" not in out  # one backend per run
 
 

@@ -53,7 +53,9 @@ Jumps, saturation and flags
   saturation threshold): ``r_{L-1}`` below ``-SHORTFALL_SIGMA``, the resultant falling
   short of the ramp the earlier ones predict; resultant ``L`` gets SATURATED.  The larger
   of the two in ``|r|`` is removed, the pixel refitted (three passes again) and searched
-  again, one difference at a time.
+  again, one difference at a time.  Without the jump search, a pixel whose largest
+  positive residual is above the threshold and larger than the shortfall is not tested
+  for it (a jump left in the ramp makes the last resultant look short).
 * ``dq``: pixeldq | JUMP_DET (any resultant) | SATURATED (any resultant, including those
   found short) | DO_NOT_USE (no usable difference, slope not finite, every resultant
   SATURATED/DO_NOT_USE, read noise or gain not positive and finite) | NO_GAIN_VALUE.
@@ -307,7 +309,13 @@ def _fit(d: np.ndarray, usable: np.ndarray, rn2: np.ndarray, pat: GlsPattern) ->
 
 
 def _search(
-    d: np.ndarray, usable: np.ndarray, last: np.ndarray, rn2: np.ndarray, pat: GlsPattern, t_jump: float
+    d: np.ndarray,
+    usable: np.ndarray,
+    last: np.ndarray,
+    rn2: np.ndarray,
+    pat: GlsPattern,
+    use_jump: bool,
+    t_jump: float,
 ) -> tuple[_Fit, np.ndarray, np.ndarray]:
     """Fit, and remove jumps and a short last resultant one difference at a time.
 
@@ -327,17 +335,19 @@ def _search(
         # the largest residual of a usable difference, NaN skipped (as the kernel)
         r_use = np.where(u, r, -np.inf)
         rb = np.fmax.reduce(r_use, axis=0)
-        is_jump = testable & (rb > t_jump)
+        outlier = testable & (rb > t_jump)
         jb = np.zeros(active.size, np.intp)
-        if is_jump.any():  # first index of the maximum, as the kernel's strict >
-            jb[is_jump] = np.argmax(np.where(np.isnan(r_use[:, is_jump]), -np.inf, r_use[:, is_jump]), axis=0)
+        if outlier.any():  # first index of the maximum, as the kernel's strict >
+            jb[outlier] = np.argmax(np.where(np.isnan(r_use[:, outlier]), -np.inf, r_use[:, outlier]), axis=0)
         jl = jl_all[active]
         jl_ok = jl >= 0
         jlc = np.where(jl_ok, jl, 0)
         rl = r[jlc, cols]
         is_short = testable & jl_ok & ~short[active] & u[jlc, cols] & (rl < -SHORTFALL_SIGMA)
-        take_short = is_short & ~(is_jump & (rb > -rl))
-        take_jump = is_jump & ~take_short
+        # a positive outlier larger than the shortfall is a jump (removed when searching,
+        # else the pixel is left as it is: the shortfall may be the jump's doing)
+        take_short = is_short & ~(outlier & (rb > -rl))
+        take_jump = outlier & ~take_short if use_jump else np.zeros(active.size, bool)
         pj, ps = active[take_jump], active[take_short]
         usable[jb[take_jump], pj] = False
         jumps[jb[take_jump], pj] = True
@@ -396,7 +406,8 @@ def fit_gls(
         raise ValueError(f"the gls ramp fit handles 1 to {GLS_MAX_RESULTANTS} resultants, got {nres}")
     _, ny, nx = data.shape
     pat = pattern_constants(timing)
-    t_jump = float(params.rejection_threshold) if params.use_ramp_jump_detection else np.inf
+    use_jump = bool(params.use_ramp_jump_detection)
+    t_jump = float(params.rejection_threshold)
     outs = [np.empty((ny, nx), np.float32) for _ in range(5)]
     gdq_out = np.empty_like(groupdq, dtype=np.uint8)
     dq = np.empty((ny, nx), np.uint32)
@@ -413,9 +424,10 @@ def fit_gls(
             usable, last = initial_usable(gblk, pat.multi)
             usable &= ok
             if nres > 1:
-                fit, jumps, short = _search(x[1:] - x[:-1], usable, last, rn2, pat, t_jump)
+                fit, jumps, short = _search(x[1:] - x[:-1], usable, last, rn2, pat, use_jump, t_jump)
             else:  # no difference, no slope
-                fit = _Fit(*(np.full(npix, np.nan) for _ in range(4)), np.zeros((0, npix)))
+                none = np.full(npix, np.nan)
+                fit = _Fit(none, none, none, none, np.zeros((0, npix)))
                 jumps, short = np.zeros((0, npix), bool), np.zeros(npix, bool)
             g2 = g * g
             nan = np.where(ok, 0.0, np.nan)
@@ -436,6 +448,5 @@ def fit_gls(
             bdq |= pixel_bit(bad, PixelFlag.DO_NOT_USE)
             bdq |= pixel_bit((g < 0) | ~np.isfinite(g), PixelFlag.NO_GAIN_VALUE)
             dq[rows] = bdq.reshape(-1, nx)
-    slope, err, var_p, var_r, chisq = outs
     log.debug("gls: %d pixels with jumps", int(np.count_nonzero(dq & PixelFlag.JUMP_DET)))
-    return RampFitResult(slope, err, var_p, var_r, chisq, dq, gdq_out)
+    return RampFitResult(outs[0], outs[1], outs[2], outs[3], outs[4], dq, gdq_out)

@@ -59,8 +59,15 @@ def prepare_demo(
     nresultants: int = 8,
     seed: int = 1,
     root: str = DEFAULT_ROOT,
+    *,
+    read_pattern: list[list[int]] | None = None,
+    crowding: float = 1.0,
 ) -> DemoResult:
-    """Write the exposure, its truth, the references and the CRDS cache."""
+    """Write the exposure, its truth, the references and the CRDS cache.
+
+    ``read_pattern`` (default: the demo's pattern of ``nresultants``) and ``crowding`` (star
+    density multiplier) are :func:`gpucal.demo.synth.make_exposure`'s.
+    """
     from gpucal.crds_local import CacheEntry, build_local_cache, offline_environment
     from gpucal.demo.references import make_references
     from gpucal.demo.synth import make_exposure
@@ -73,7 +80,8 @@ def prepare_demo(
                            optical_element=OPTICAL_ELEMENT, seed=seed)
     uncal = workdir / f"{root}_uncal.asdf"
     log.info("Simulating %d-resultant exposure %s", nresultants, uncal)
-    truth = make_exposure(uncal, refs, nresultants=nresultants, seed=seed)
+    truth = make_exposure(uncal, refs, read_pattern=read_pattern, nresultants=nresultants, seed=seed,
+                          crowding=crowding)
     truth_path = workdir / f"{root}_truth.npz"
     truth.save(truth_path)
     entries = [

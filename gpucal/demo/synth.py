@@ -153,8 +153,9 @@ class Truth:
             )
 
 
-def _scene(rng: np.random.Generator, ny: int, nx: int) -> np.ndarray:
-    """Sky plus stars (DN/s), shape (ny, nx) float64, zero on the border."""
+def _scene(rng: np.random.Generator, ny: int, nx: int, crowding: float = 1.0) -> np.ndarray:
+    """Sky plus stars (DN/s), shape (ny, nx) float64, zero on the border; ``crowding``
+    multiplies the number of stars."""
     from scipy.special import erf
 
     scene = np.zeros((ny, nx), dtype=np.float64)
@@ -165,8 +166,8 @@ def _scene(rng: np.random.Generator, ny: int, nx: int) -> np.ndarray:
     scene[:] = level * (1 + gy * yy[:, None] + gx * xx[None, :])
 
     n_sci = (ny - 2 * BORDER) * (nx - 2 * BORDER)
-    n_faint = max(8, int(round(1000 * n_sci / _FULL_SCIENCE)))
-    n_bright = max(2, int(round(30 * n_sci / _FULL_SCIENCE)))
+    n_faint = max(8, int(round(1000 * crowding * n_sci / _FULL_SCIENCE)))
+    n_bright = max(2, int(round(30 * crowding * n_sci / _FULL_SCIENCE)))
     flux = np.concatenate(
         [
             np.minimum(10.0 * rng.uniform(0.0, 1.0, n_faint) ** (-1 / 0.6), 3e5),  # N(>F) ~ F^-0.6
@@ -226,6 +227,7 @@ def make_exposure(
     dark_decay: bool = True,
     onef_rms: float = ONEF_RMS,
     cr_rate: float = CR_RATE,
+    crowding: float = 1.0,
     workers: int | None = None,
 ) -> Truth:
     """Simulate one exposure, write it as a Level 1 ASDF file and return its truth.
@@ -253,6 +255,8 @@ def make_exposure(
         RMS (DN per read) of the correlated 1/f noise.
     cr_rate : float
         Cosmic-ray hits per science pixel per second.
+    crowding : float
+        Multiplies the number of stars (1: the demo's field).
     workers : int, optional
         Threads (default: CPU count, at most 8).
 
@@ -277,7 +281,7 @@ def make_exposure(
     s_scene, s_bias, s_cr, s_onef, s_amp, s_blocks = ss.spawn(6)
 
     # --- rates (DN/s) ---------------------------------------------------------------------
-    scene = _scene(np.random.default_rng(s_scene), ny, nx)
+    scene = _scene(np.random.default_rng(s_scene), ny, nx, crowding)
     response = np.ones((ny, nx), dtype=np.float64)
     flat = refs.flat.astype(np.float64)
     good_flat = np.isfinite(flat) & (flat != 0)

@@ -203,13 +203,13 @@ extern "C" __global__ void ramp_fit_gls(const float* data, unsigned char* groupd
                     jb = j;
                 }
             }
-            const bool is_jump = use_jump && testable && rb > threshold;
+            const bool outlier = testable && rb > threshold;
             const int jlc = jl >= 0 ? jl : 0;
             const double rl = resid[jlc];
             const bool is_short =
                 testable && jl >= 0 && !short_found && gls_bit(mask, jlc) && rl < r_sub(0.0, shortfall);
-            const bool take_short = is_short && !(is_jump && rb > r_sub(0.0, rl));
-            const bool take_jump = is_jump && !take_short;
+            const bool take_short = is_short && !(outlier && rb > r_sub(0.0, rl));
+            const bool take_jump = use_jump && outlier && !take_short;
             if (take_jump) {
                 mask &= ~(1u << jb);
                 jumps |= 1u << jb;

@@ -40,16 +40,16 @@ def device(request):
     return DeviceBackend(EmulatedRuntime(), name="emulated")
 
 
-def run_pipeline(backend, uncal: Path, out: Path, algorithm: str = "ols_cas22"):
+def run_pipeline(backend, uncal: Path, out: Path, algorithm: str | None = None):
+    """roman_elp on ``backend``; ``algorithm`` None: the default ramp fit (gls)."""
     out.mkdir(parents=True, exist_ok=True)
-    pipe = ExposurePipeline.from_values(
-        {"output_dir": str(out), "save_results": True, "steps": {"rampfit": {"algorithm": algorithm}}}
-    )
+    steps = {} if algorithm is None else {"rampfit": {"algorithm": algorithm}}
+    pipe = ExposurePipeline.from_values({"output_dir": str(out), "save_results": True, "steps": steps})
     pipe.backend = backend
     return pipe.run_model(str(uncal))
 
 
-@pytest.mark.parametrize("algorithm", ["ols_cas22", "likely"])
+@pytest.mark.parametrize("algorithm", ["gls", "ols_cas22", "likely"])
 def test_device_agrees_with_cpu(device, crds_env, uncal_copy, tmp_path, algorithm):
     """Issue 5 item 5 on the small demo: DQ identical, slopes within 1e-3 sigma."""
     from cpu_fallback import CpuBackend

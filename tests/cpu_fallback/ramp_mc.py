@@ -58,15 +58,13 @@ def _oracle(x: np.ndarray, rn: np.ndarray, timing: ReadTiming, rate: float) -> t
     nd = len(n) - 1
     d = np.diff(x, axis=0)
     dt = np.diff(tb)
-    out, sig = np.empty(x.shape[1]), np.empty(x.shape[1])
+    # covariance of the differences: read-noise and Poisson parts (gpucal.readpattern)
     cph = np.diag(tau[:-1] + tau[1:] - 2 * tb[:-1]) * rate
     crd = np.diag(1 / n[:-1] + 1 / n[1:])
     for j in range(nd - 1):
         cph[j, j + 1] = cph[j + 1, j] = rate * (tb[j + 1] - tau[j + 1])
         crd[j, j + 1] = crd[j + 1, j] = -1 / n[j + 1]
-    for v in np.unique(rn):  # few distinct float32 values would be faster; loop over blocks instead
-        pass
-    # per-pixel covariance: batch solve
+    # per-pixel covariance, solved as a batch
     cov = cph[None] + (rn * rn)[:, None, None] * crd[None]
     sol = np.linalg.solve(cov, np.broadcast_to(dt, (x.shape[1], nd))[..., None])[..., 0]
     f = sol @ dt

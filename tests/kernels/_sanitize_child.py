@@ -75,6 +75,24 @@ def _jump(reference_rate: str, nres: int) -> None:
     drv.jump(RT, data, groupdq, readnoise, gain, timing, JumpParams(), reference_rate=reference_rate)
 
 
+def _gls() -> None:
+    """The gls ramp fit on a random frame with jump-step flags, an odd shape and bad pixels."""
+    rng = np.random.default_rng(9)
+    data = random_ramps(rng, SHAPE, TIMING)
+    data[4:, 3, 5] += 3000.0
+    groupdq = np.zeros(data.shape, np.uint8)
+    groupdq[-2:, 6, :] = 2  # SATURATED
+    groupdq[3, 7, :] = 4  # JUMP_DET from the jump step
+    gain = np.full(SHAPE, 2.0, np.float32)
+    gain[0, :3] = (0.0, -1.0, np.nan)
+    readnoise = np.full(SHAPE, 6.0, np.float32)
+    readnoise[1, 1] = 0.0
+    pixeldq = np.zeros(SHAPE, np.uint32)
+    drv.gls(RT, data, groupdq, pixeldq, readnoise, gain, TIMING)
+    one = read_timing([[1]], FRAME_TIME)
+    drv.gls(RT, data[:1].copy(), groupdq[:1].copy(), pixeldq, readnoise, gain, one)
+
+
 def _planted_out_of_bounds(source_dir: str) -> None:
     """A kernel that reads one element past its input: ASan must stop the process."""
     from gpucal.kernels.cpu_shim import load_cpu_module
@@ -94,6 +112,7 @@ CASES: dict[str, Callable[[], None]] = {
     "dq_init": _dq_init,
     "jump_weighted_iterative": lambda: _jump("weighted", TIMING.nresultants),
     "jump_median_single": lambda: _jump("median", 13),
+    "ramp_fit_gls": _gls,
 }
 
 

@@ -17,7 +17,7 @@ from gpucal.kernels.cpu_shim import ShimBuildError, build_cpu_module, sanitizer_
 from tests.kernels._sanitize_child import CASES
 
 ROOT = Path(__file__).resolve().parents[2]
-MODULES = {"saturation", "linearity", "dq_init"}
+MODULES = {"saturation", "linearity", "dq_init", "ramp_fit_gls"}
 
 OOB = r"""// oob.cu: a deliberate off-by-one, for the sanitizer self-test
 extern "C" __global__ void shifted_copy(const float* src, float* dst, int n)
