@@ -82,6 +82,8 @@ def _help_text(f: Any) -> str:
 
 
 def _build_command(name: str, step_cls: Any, defaults: dict[str, Any]) -> click.Command:
+    from gpucal.scale import cli as scale_cli
+
     table = _option_table(step_cls)
     params: list[click.Parameter] = [click.Argument(["inputs"], nargs=-1, required=False)]
     for i, (option, _key, _name, f) in enumerate(table):
@@ -100,6 +102,7 @@ def _build_command(name: str, step_cls: Any, defaults: dict[str, Any]) -> click.
                      help="Do not verify the MD5 checksum of each ASDF block read (inputs and reference "
                           "files; verified by default). Same as GPUCAL_VERIFY_CHECKSUMS=0."),
         click.Option(["--logcfg"], default=None, hidden=True),
+        *scale_cli.OPTIONS,
     ]
     doc = (step_cls.__doc__ or "").strip().splitlines()[0] if step_cls.__doc__ else ""
 
@@ -107,6 +110,7 @@ def _build_command(name: str, step_cls: Any, defaults: dict[str, Any]) -> click.
                  log_stream: str, save_parameters: str | None, disable_crds_steppars: bool, logcfg: str | None,
                  no_verify_checksums: bool, **opts: Any) -> int:
         configure_logging("DEBUG" if verbose else log_level, log_file, log_stream)
+        scale = {key: opts.pop(key) for key in scale_cli.DISTRIBUTED_KEYS}
         values = {k: (dict(v) if isinstance(v, dict) else v) for k, v in defaults.items()}
         steps = values.setdefault("steps", {}) if hasattr(step_cls, "step_defs") else None
         for i, (_option, key, pname, _f) in enumerate(table):
@@ -121,7 +125,7 @@ def _build_command(name: str, step_cls: Any, defaults: dict[str, Any]) -> click.
         if steps is not None and not steps:
             values.pop("steps")
         with _checksums(not no_verify_checksums):
-            return _execute(name, step_cls, values, list(inputs), save_parameters, debug or verbose)
+            return _execute(name, step_cls, values, list(inputs), save_parameters, debug or verbose, scale)
 
     return click.Command(
         name=name, params=params, callback=callback, help=doc,
@@ -150,11 +154,13 @@ def _checksums(verify: bool) -> Iterator[None]:
 
 
 def _execute(name: str, step_cls: Any, values: dict[str, Any], inputs: list[str],
-             save_parameters: str | None, show_traceback: bool) -> int:
+             save_parameters: str | None, show_traceback: bool, scale: dict[str, Any] | None = None) -> int:
     from gpucal.errors import GpucalError
+    from gpucal.scale import cli as scale_cli
 
     if not inputs:
         raise click.UsageError("an input file is required")
+    distributed = scale_cli.wants_distributed(scale or {})
     try:
         step = step_cls.from_values(values)
         # strun saves the top step's result, as stpipe does
@@ -169,6 +175,12 @@ def _execute(name: str, step_cls: Any, values: dict[str, Any], inputs: list[str]
     inputs = expand_inputs(inputs)
     if not inputs:
         raise click.UsageError("the list file names no inputs")
+    if distributed:
+        try:
+            return scale_cli.run_distributed(step_cls, values, inputs, scale or {}, show_traceback)
+        except GpucalError as exc:
+            _error(str(exc))
+            return exc.exit_code
     if len(inputs) == 1:
         return _run_one(step_cls, values, inputs[0], show_traceback)
     return _run_many(step_cls, values, inputs)

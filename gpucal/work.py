@@ -91,6 +91,7 @@ class FileRecord:
     peak_rss_bytes: int | None = None
     host: str | None = None
     pid: int | None = None
+    worker: str | None = None
     input_sha256: str | None = None
     params_digest: str | None = None
     gpucal_version: str = __version__
