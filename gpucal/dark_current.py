@@ -11,6 +11,7 @@ import numpy as np
 from gpucal.image import BORDER
 from gpucal.params import StepParams, param
 from gpucal.refs import check_array, open_reference
+from gpucal.refvalues import flag_nan_dark
 from gpucal.stepbase import Step
 
 __all__ = ["DarkCurrentStep", "DarkCurrentParams"]
@@ -45,6 +46,8 @@ class DarkCurrentStep(Step[DarkCurrentParams]):
         # full frames: the backend trims the border (and can cache the arrays as they are in the file)
         dark_slope = check_array("dark", "dark_slope", ref.dark_slope, full, np.float32, source=refs["dark"])
         dark_dq = check_array("dark", "dq", ref.dq, full, np.uint32, source=refs["dark"])
+        # a NaN rate makes a NaN pixel: flag it (not dq 0); a dark NaN everywhere is an error
+        dark_dq = flag_nan_dark(dark_slope, dark_dq, refs["dark"], BORDER)
         data, dq = self.backend.dark_current(model.data, model.dq, dark_slope, dark_dq)
         model.data = data
         model.dq = dq

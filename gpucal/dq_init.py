@@ -67,11 +67,8 @@ class DQInitStep(Step[DQInitParams]):
         mask_dq = None
         if refs["mask"].available:
             mask = open_reference(refs["mask"], ramp)
-            dq = np.asarray(mask.dq)
-            if dq.shape == (ny, nx):
-                mask_dq = check_array("mask", "dq", dq, (ny, nx), np.uint32, source=refs["mask"])
-            else:
-                log.warning("MASK reference dq shape %s does not match the exposure %s: not applied", dq.shape, (ny, nx))
+            # a mask that does not fit is an error, as for every reference (not "not applied")
+            mask_dq = check_array("mask", "dq", mask.dq, (ny, nx), np.uint32, source=refs["mask"])
         meta = ramp.meta
         offset = int(meta.instrument.get("data_encoding_offset", 0) or 0)
         gs = meta.guide_star

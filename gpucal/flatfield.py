@@ -10,6 +10,7 @@ import numpy as np
 
 from gpucal.params import StepParams, param
 from gpucal.refs import check_array, open_reference
+from gpucal.refvalues import screen
 from gpucal.stepbase import Step
 
 __all__ = ["FlatFieldStep", "FlatFieldParams"]
@@ -41,14 +42,13 @@ class FlatFieldStep(Step[FlatFieldParams]):
             return model
         ref = open_reference(refs["flat"], model)
         shape = tuple(model.data.shape)
-        if np.shape(ref.data) != shape:
-            log.warning("FLAT shape %s does not match the image %s: step skipped", np.shape(ref.data), shape)
-            model.meta.cal_step.flat_field = "SKIPPED"
-            return model
+        # romancal 1.1.0 skips the step with a warning here; gpucal treats a flat that
+        # does not fit as the error it is (as for every other reference type)
         source = refs["flat"]
         flat = check_array("flat", "data", ref.data, shape, np.float32, source=source)
         flat_err = check_array("flat", "err", ref.err, shape, np.float32, source=source)
         flat_dq = check_array("flat", "dq", ref.dq, shape, np.uint32, source=source)
+        screen(source, "data", np.isnan(flat) | (flat == 0), "NaN or zero", "flagged NO_FLAT_FIELD, not flat-fielded")
         var_rnoise = model.var_rnoise if "var_rnoise" in model._instance else None
         result = self.backend.flatfield(
             model.data, model.err, model.var_poisson, var_rnoise, model.dumo, model.dq,

@@ -52,9 +52,14 @@ class JumpStepParams(StepParams):
     override_readnoise: str | None = param(None, "READNOISE reference file to use instead of CRDS's choice.")
 
 
-def load_gain_readnoise(step: Step, model: Any) -> tuple[np.ndarray, np.ndarray]:
-    """GAIN and READNOISE arrays (float32, full frame) for ``model``."""
+def load_gain_readnoise(step: Step, model: Any, *, warn: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """GAIN and READNOISE arrays (float32, full frame) for ``model``.
+
+    A file unusable at every pixel (gain NaN, zero or negative; read noise NaN) is an
+    error; otherwise, with ``warn``, the unusable pixels are counted in one warning each.
+    """
     from gpucal.errors import ReferenceFileError
+    from gpucal.refvalues import screen
 
     refs = step.resolve_references(model, ("gain", "readnoise"))
     k, ny, nx = model.data.shape
@@ -64,7 +69,15 @@ def load_gain_readnoise(step: Step, model: Any) -> tuple[np.ndarray, np.ndarray]
             raise ReferenceFileError(f"no {reftype.upper()} reference file applies to this exposure (CRDS said N/A)")
         ref = open_reference(refs[reftype], model)
         arrays.append(check_array(reftype, "data", ref.data, (ny, nx), np.float32, source=refs[reftype]))
-    return arrays[0], arrays[1]
+    gain, readnoise = arrays
+    with np.errstate(invalid="ignore"):
+        bad_gain = ~np.isfinite(gain) | (gain <= 0)
+    bad_noise = ~np.isfinite(readnoise)
+    if bad_gain.all() or bad_noise.all() or warn:
+        screen(refs["gain"], "data", bad_gain, "NaN, infinite, zero or negative",
+               "their slopes are flagged DO_NOT_USE (NO_GAIN_VALUE where not finite or negative)")
+        screen(refs["readnoise"], "data", bad_noise, "NaN or infinite", "their slopes are flagged DO_NOT_USE")
+    return gain, readnoise
 
 
 class JumpStep(Step[JumpStepParams]):
@@ -77,7 +90,7 @@ class JumpStep(Step[JumpStepParams]):
     default_suffix = "jump"
 
     def process(self, model: Any) -> Any:
-        gain, readnoise = load_gain_readnoise(self, model)
+        gain, readnoise = load_gain_readnoise(self, model, warn=False)  # rampfit warns
         timing = exposure_timing(model, "jump")
         p = self.params
         jp = JumpParams(

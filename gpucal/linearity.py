@@ -15,6 +15,7 @@ from gpucal.params import StepParams, param
 from gpucal.readpattern import exposure_timing
 from gpucal.refpix import replace_data
 from gpucal.refs import check_array, open_reference
+from gpucal.refvalues import screen
 from gpucal.stepbase import Step
 
 __all__ = ["LinearityStep", "LinearityParams", "inl_table"]
@@ -83,9 +84,16 @@ class LinearityStep(Step[LinearityParams]):
         for name, ref in (("linearity", lin), ("inverselinearity", ilin)):
             shape = np.shape(ref.coeffs)
             if len(shape) != 3 or shape[1:] != (ny, nx):
-                raise ReferenceFileError(f"{name} coeffs have shape {shape}, the exposure needs (n, {ny}, {nx})")
+                raise ReferenceFileError(
+                    f"{name} reference {refs[name].path}: coeffs have shape {shape}, the exposure needs (n, {ny}, {nx})"
+                )
             coeffs.append(check_array(name, "coeffs", ref.coeffs, shape, np.float32, source=refs[name]))
         lin_coeffs, ilin_coeffs = coeffs
+        for name, c in (("linearity", lin_coeffs), ("inverselinearity", ilin_coeffs)):
+            if c.shape[0] < 2:
+                raise ReferenceFileError(f"{name} reference {refs[name].path}: coeffs need a linear term")
+            screen(refs[name], "coeffs", np.isnan(c).any(axis=0) | (c[1] == 0), "NaN (or its linear term zero)",
+                   "flagged NO_LIN_CORR, left uncorrected")
         lin_dq = check_array("linearity", "dq", lin.dq, (ny, nx), np.uint32, source=refs["linearity"])
         inl = None
         if refs["integralnonlinearity"].available:

@@ -11,6 +11,7 @@ import numpy as np
 from gpucal.params import StepParams, param
 from gpucal.readpattern import exposure_timing
 from gpucal.refs import check_array, open_reference
+from gpucal.refvalues import screen
 from gpucal.stepbase import Step
 
 __all__ = ["SaturationStep", "SaturationParams"]
@@ -45,6 +46,7 @@ class SaturationStep(Step[SaturationParams]):
         source = refs["saturation"]
         threshold = check_array("saturation", "data", ref.data, (ny, nx), np.float32, source=source)
         ref_dq = check_array("saturation", "dq", ref.dq, (ny, nx), np.uint32, source=source)
+        screen(source, "data", np.isnan(threshold), "NaN", "flagged NO_SAT_CHECK, never flagged saturated")
         timing = exposure_timing(model, "saturation")
         result = self.backend.saturation(
             model.data, model.groupdq, model.pixeldq, threshold, ref_dq, timing,
