@@ -38,6 +38,18 @@ class CpuBackend:
         """The model itself, for a mid-pipeline save."""
         return contextlib.nullcontext(model)
 
+    def active(self) -> contextlib.AbstractContextManager[Any]:
+        """Nothing to enter: NumPy runs in order on the calling thread."""
+        return contextlib.nullcontext()
+
+    def count_set(self, array: np.ndarray, flag: int) -> int:
+        """Number of elements of the DQ ``array`` with any bit of ``flag`` set."""
+        return int(np.count_nonzero(array & array.dtype.type(flag)))
+
+    def all_set(self, array: np.ndarray, flag: int) -> bool:
+        """Whether every element of the DQ ``array`` has a bit of ``flag`` set."""
+        return bool(((array & array.dtype.type(flag)) != 0).all())
+
     def dq_init(
         self,
         data: np.ndarray,

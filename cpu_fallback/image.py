@@ -136,14 +136,16 @@ def flatfield_xp(
 
     data = (data / f).astype(data.dtype)
     dumo = (dumo / f).astype(dumo.dtype)
-    f_squared = f**2
+    # products, not ``**``: CuPy before 14.2 squares through powf (1-2 ulp off the host's);
+    # NumPy's ``x**2`` is ``x * x``, so the host results are unchanged
+    f_squared = f * f
     var_poisson /= f_squared
     if var_rnoise is not None:
         var_rnoise /= f_squared
     err /= f
     var_flat = None
     if include_var_flat:
-        var_flat = data**2 / f_squared * flat_err**2
-        err = xp.sqrt(err**2 + var_flat)
+        var_flat = data * data / f_squared * (flat_err * flat_err)
+        err = xp.sqrt(err * err + var_flat)
     dq = dq.astype(np.uint32) | q
     return FlatResult(data, err, var_poisson, var_rnoise, var_flat, dumo, dq)

@@ -39,6 +39,8 @@ from __future__ import annotations
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
+from typing import Any
+
 import numpy as np
 from scipy import fft
 
@@ -199,8 +201,38 @@ def _from_channels(
     np.add(chan[0:N_CHANNELS:2, :, :, :width], off[0::2], out=dst[0::2])
     np.add(chan[1:N_CHANNELS:2, :, :, width - 1 :: -1], off[1::2], out=dst[1::2])
     restored = chan[N_CHANNELS, :, :, :width] + offset_amp
-    with np.errstate(invalid="ignore"):  # romancal's cast: NaN/out-of-range values as numpy casts them
-        amp33[...] = np.abs(restored).astype(np.uint16)
+    amp33[...] = amp33_cast(np, restored)
+
+
+#: Values at or above this become 0 in NumPy's float -> uint16 cast on x86-64 (the int32
+#: conversion it goes through overflows to INT_MIN, whose low 16 bits are 0).
+_CAST_LIMIT = 2.0**31
+
+
+def amp33_cast(xp: Any, values: Any) -> Any:
+    """romancal's ``uint16(|values|)`` of the corrected amp33, the same in every namespace.
+
+    romancal casts with NumPy, which on x86-64 truncates through a 32-bit integer: values
+    above 65535 wrap modulo 65536, and NaN, infinities and values of 2**31 or more give 0.
+    A GPU's float -> uint16 conversion saturates instead (65535), so the wrap is written out
+    here, with operations that are exact on both (truncation of values below 2**31 to
+    int64, a bit mask), and NumPy and CuPy give the same bits.
+
+    Parameters
+    ----------
+    xp : module
+        ``numpy`` or the device's array namespace.
+    values : array, float
+        Corrected amp33 samples (DN).
+
+    Returns
+    -------
+    array, uint16
+    """
+    magnitude = xp.abs(values)
+    in_range = magnitude < _CAST_LIMIT  # False for NaN and infinities
+    magnitude = xp.where(in_range, magnitude, xp.zeros((), dtype=magnitude.dtype))
+    return (magnitude.astype(xp.int64) & xp.int64(0xFFFF)).astype(xp.uint16)
 
 
 def _line_fits(ref: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -27,7 +27,7 @@ __all__ = ["JumpStep", "JumpStepParams"]
 log = logging.getLogger(__name__)
 
 # a NumPy scalar, not the IntFlag: CuPy takes NumPy scalars, not int subclasses
-_JUMP = np.uint8(GroupFlag.JUMP_DET)
+_JUMP = int(GroupFlag.JUMP_DET)
 
 _D = JumpParams()
 
@@ -101,9 +101,9 @@ class JumpStep(Step[JumpStepParams]):
             max_jump_to_flag_neighbors=p.max_jump_to_flag_neighbors,
             min_jump_to_flag_neighbors=p.min_jump_to_flag_neighbors,
         )
-        before = int(np.count_nonzero(model.groupdq & _JUMP))
+        before = self.backend.count_set(model.groupdq, _JUMP)
         model.groupdq = self.backend.jump(model.data, model.groupdq, readnoise, gain, timing, jp)
-        after = int(np.count_nonzero(model.groupdq & _JUMP))
+        after = self.backend.count_set(model.groupdq, _JUMP)
         log.info("Jump step flagged %d resultants", after - before)
         model.meta.cal_step["jump"] = "COMPLETE"
         return model

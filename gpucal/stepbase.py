@@ -219,7 +219,7 @@ class Step(Generic[P]):
         log.info("Step %s running with backend %s.", self.name, self.backend.name)
         start = time.perf_counter()
         ctx: contextlib.AbstractContextManager[list[str]] = _cal_log_context() if top else contextlib.nullcontext([])
-        with ctx as lines:
+        with ctx as lines, self.backend.active():
             result = self.process(model)
             if top:  # the products come back from the device here, once
                 result = self.backend.to_host(result)

@@ -5,9 +5,13 @@
 * one stream per runtime; every kernel launch and CuPy operation of the backend runs on
   it (``active()``), so the steps run back to back without host waits; it is a blocking
   stream, so array operations the steps make on CuPy's default stream stay in order;
-* uploads go through page-locked (pinned) staging buffers, asynchronously on that stream,
-  so the copy engine runs at full speed and the host thread does not wait for it; the
-  staging buffer is kept until the copy is done;
+* uploads go through page-locked (pinned) staging buffers from CuPy's pinned-memory pool,
+  asynchronously on that stream.  A pageable source would make ``cudaMemcpyAsync`` wait
+  for the stream's earlier work and stage the bytes synchronously, stalling the host
+  between kernels even for a few constants; a pinned one does neither.  Each staging
+  buffer is kept (with an event recorded after its copy) until the copy is done: pruned at
+  every upload and released whenever the stream is known to be idle (downloads,
+  :meth:`synchronize`), so none outlives the exposure's work;
 * downloads wait for the stream (they are the end of an exposure's work);
 * device time per label from CUDA events recorded on the stream (:meth:`timed`), counting
   the kernels and array operations a step launches, not the host work inside it: uploads
@@ -15,7 +19,11 @@
   computations (:meth:`untimed`; wfi18's ``curve_fit``) close the step's event pair and
   open a new one after, so the device's idle time while the host works is not counted;
 * kernels are :func:`gpucal.kernels._loader.load_gpu_module` RawModules (compiled once
-  per process by NVRTC, cached on disk by CuPy under ``CUPY_CACHE_DIR``).
+  per process by NVRTC, cached on disk by CuPy under ``CUPY_CACHE_DIR``); each kernel's
+  launcher is made once and kept;
+* out-of-memory is recognised however CUDA reports it (:func:`is_cuda_out_of_memory`),
+  and the local memory the driver reserves for kernel stacks is counted
+  (:meth:`CupyRuntime.local_memory_reserve`).
 
 CuPy is imported when a runtime is made, never at module import.
 """
@@ -32,10 +40,30 @@ import numpy as np
 from gpucal.backends.device.backend import DeviceBackend
 from gpucal.backends.runtime import KernelFunction, TransferLog
 
-__all__ = ["CupyRuntime", "CupyBackend"]
+__all__ = ["CupyRuntime", "CupyBackend", "is_cuda_out_of_memory"]
 
-#: Host arrays at least this large go up through a pinned staging buffer.
-PINNED_THRESHOLD = 1 << 20
+#: CUDA's status code for "out of memory" in the driver (CUDA_ERROR_OUT_OF_MEMORY), the
+#: runtime (cudaErrorMemoryAllocation) and cuFFT (CUFFT_ALLOC_FAILED): all 2.
+_OOM_STATUS = 2
+_OOM_WORDS = ("CUDA_ERROR_OUT_OF_MEMORY", "cudaErrorMemoryAllocation", "CUFFT_ALLOC_FAILED", "out of memory")
+
+
+def is_cuda_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` says that device or pinned host memory ran out, however CUDA said it.
+
+    CuPy's pool raises ``OutOfMemoryError`` (a ``MemoryError``); a kernel launch whose local
+    memory cannot be reserved raises ``CUDADriverError`` (CUDA_ERROR_OUT_OF_MEMORY); a
+    pinned host allocation ``CUDARuntimeError`` (cudaErrorMemoryAllocation); a cuFFT plan
+    ``CuFFTError`` (CUFFT_ALLOC_FAILED).
+    """
+    if isinstance(exc, MemoryError):
+        return True
+    name = type(exc).__name__
+    if name in ("CUDADriverError", "CUDARuntimeError"):
+        return getattr(exc, "status", None) == _OOM_STATUS or any(w in str(exc) for w in _OOM_WORDS)
+    if name == "CuFFTError":
+        return getattr(exc, "result", None) == _OOM_STATUS or "CUFFT_ALLOC_FAILED" in str(exc)
+    return False
 
 
 class CupyRuntime:
@@ -70,6 +98,10 @@ class CupyRuntime:
         self._inflight: list[tuple[Any, Any]] = []  # (event, pinned buffer) of async uploads
         self._lock = threading.Lock()
         self._timing = threading.local()  # this thread's open segment: label, start event
+        self._functions: dict[tuple[str, str], KernelFunction] = {}
+        self._local_reserve: int | None = None
+        self._sms = int(props["multiProcessorCount"])
+        self._threads_per_sm = int(props["maxThreadsPerMultiProcessor"])
 
     # ---------------------------------------------------------------- copies
     def upload(self, host: np.ndarray, label: str, dtype: Any = None) -> Any:
@@ -77,24 +109,20 @@ class CupyRuntime:
             return self._upload(host, label, dtype)
 
     def _upload(self, host: np.ndarray, label: str, dtype: Any = None) -> Any:
+        import cupyx
+
         cupy = self._cupy
         a = np.ascontiguousarray(host, dtype=dtype)
         with self.device, self.stream:
             dev = cupy.empty(a.shape, a.dtype)
-            if a.nbytes >= PINNED_THRESHOLD:
-                import cupyx
-
-                pinned = cupyx.empty_pinned(a.shape, a.dtype)
-                np.copyto(pinned, a)
-                dev.set(pinned, stream=self.stream)
-                done = cupy.cuda.Event(block=False, disable_timing=True)
-                done.record(self.stream)
-                with self._lock:
-                    self._inflight = [(e, b) for e, b in self._inflight if not e.done]
-                    self._inflight.append((done, pinned))
-            else:
-                # pageable source: the driver stages it before returning, so no wait
-                dev.set(a, stream=self.stream)
+            pinned = cupyx.empty_pinned(a.shape, a.dtype)  # from CuPy's pinned-memory pool
+            np.copyto(pinned, a)
+            dev.set(pinned, stream=self.stream)
+            done = cupy.cuda.Event(block=False, disable_timing=True)
+            done.record(self.stream)
+            with self._lock:
+                self._inflight = [(e, b) for e, b in self._inflight if not e.done]
+                self._inflight.append((done, pinned))
         self.transfers.record("h2d", a.nbytes, label)
         return dev
 
@@ -102,8 +130,14 @@ class CupyRuntime:
         with self.untimed(), self.device, self.stream:
             out = array.get(stream=self.stream)
             self.stream.synchronize()
+        self._release_staging()
         self.transfers.record("d2h", out.nbytes, label)
         return np.ascontiguousarray(out)
+
+    def _release_staging(self) -> None:
+        """The stream is idle: every staged upload is done, its pinned buffer can go back."""
+        with self._lock:
+            self._inflight.clear()
 
     def is_device_array(self, obj: Any) -> bool:
         return isinstance(obj, self._cupy.ndarray)
@@ -118,6 +152,10 @@ class CupyRuntime:
 
     # --------------------------------------------------------------- kernels
     def function(self, module: str, kernel: str) -> KernelFunction:
+        key = (module, kernel)
+        cached = self._functions.get(key)
+        if cached is not None:
+            return cached
         from gpucal.kernels._loader import load_gpu_module
 
         with self.untimed(), self.device:  # a first use compiles (or loads from CuPy's cache) on the host
@@ -127,7 +165,31 @@ class CupyRuntime:
             with self.device, self.stream:
                 k(grid, block, args)
 
+        self._functions[key] = launch
         return launch
+
+    def local_memory_reserve(self) -> int:
+        """Bytes the driver reserves when the deepest-stacked kernel of the chain launches.
+
+        CUDA sets aside each kernel's local memory (its per-thread stack) for every thread the
+        device can hold at once: stack bytes x SMs x threads per SM (about 0.8 GB on an H100
+        for likely's ~3 KB stack).  It is not in CuPy's pool, so the row-block budget must
+        leave it free.
+        """
+        if self._local_reserve is None:
+            from gpucal.kernels._loader import kernel_entry_names, kernel_names, load_gpu_module
+
+            deepest = 0
+            with self.untimed(), self.device:  # may compile: host work, not a step's device time
+                for module in kernel_names():
+                    raw = load_gpu_module(module)
+                    for name in kernel_entry_names(module):
+                        deepest = max(deepest, int(raw.get_function(name).attributes["local_size_bytes"]))
+            self._local_reserve = deepest * self._sms * self._threads_per_sm
+        return self._local_reserve
+
+    def is_out_of_memory(self, exc: BaseException) -> bool:
+        return is_cuda_out_of_memory(exc)
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
@@ -146,6 +208,7 @@ class CupyRuntime:
 
     def synchronize(self) -> None:
         self.stream.synchronize()
+        self._release_staging()
 
     # ---------------------------------------------------------------- timing
     @contextlib.contextmanager
@@ -241,7 +304,4 @@ class CupyBackend(DeviceBackend):
     """gpucal's GPU backend: the device backend on :class:`CupyRuntime` (name ``gpu``)."""
 
     def __init__(self, device: int = 0) -> None:
-        import cupy
-
-        oom: tuple[type[BaseException], ...] = (cupy.cuda.memory.OutOfMemoryError,)
-        super().__init__(CupyRuntime(device), name="gpu", oom_errors=oom)
+        super().__init__(CupyRuntime(device), name="gpu")

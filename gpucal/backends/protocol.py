@@ -129,6 +129,18 @@ class Backend(Protocol):
         """Host copies of ``model``'s arrays for the duration (a mid-pipeline save)."""
         ...
 
+    def active(self) -> AbstractContextManager[Any]:
+        """Context in which a step's array work runs on the backend's stream (a no-op on the host)."""
+        ...
+
+    def count_set(self, array: np.ndarray, flag: int) -> int:
+        """Number of elements of the DQ ``array`` with any bit of ``flag`` set (a host number)."""
+        ...
+
+    def all_set(self, array: np.ndarray, flag: int) -> bool:
+        """Whether every element of the DQ ``array`` has a bit of ``flag`` set (a host answer)."""
+        ...
+
     def dq_init(
         self,
         data: np.ndarray,

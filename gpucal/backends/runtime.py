@@ -115,6 +115,14 @@ class DeviceRuntime(Protocol):
 
     def total_memory(self) -> int: ...
 
+    def local_memory_reserve(self) -> int:
+        """Bytes the driver sets aside for the kernels' per-thread stacks (local memory) at launch."""
+        ...
+
+    def is_out_of_memory(self, exc: BaseException) -> bool:
+        """Whether ``exc`` means the device (or pinned host memory for it) ran out."""
+        ...
+
     def synchronize(self) -> None: ...
 
     def timed(self, label: str) -> AbstractContextManager[None]:

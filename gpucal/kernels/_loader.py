@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "kernel_entry_names",
     "KERNEL_DIR",
     "CUPY_OPTIONS",
     "CTYPE_OF",
@@ -124,6 +125,14 @@ def kernel_path(name: str) -> Path:
 def kernel_names() -> list[str]:
     """Names of every kernel source shipped (``saturation`` for ``saturation.cu``), sorted."""
     return sorted(p.stem for p in KERNEL_DIR.glob("*.cu"))
+
+
+@functools.cache
+def kernel_entry_names(name: str) -> tuple[str, ...]:
+    """The ``extern "C" __global__`` functions of ``<name>.cu``, in source order."""
+    found = re.findall(r'extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s+)?(\w+)\s*\(',
+                       kernel_source(name))
+    return tuple(found)
 
 
 @functools.cache

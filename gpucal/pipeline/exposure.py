@@ -17,8 +17,6 @@ import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import numpy as np
-
 from gpucal.assign_wcs import AssignWcsStep
 from gpucal.dark_current import DarkCurrentStep
 from gpucal.dark_decay import DarkDecayStep
@@ -181,7 +179,7 @@ class ExposurePipeline(Step[ExposurePipelineParams]):
 
         model = run("dq_init", input_model)
         model = run("saturation", model)
-        if _fully_saturated(model):
+        if _fully_saturated(self.backend, model):
             log.warning("All pixels are saturated: writing a zeroed image")
             return self._saturated_product(model)
         for key in ("refpix", "dark_decay", "wfi18_transient", "linearity"):
@@ -291,8 +289,8 @@ class _AbsentStep:
             )
 
 
-def _fully_saturated(model: Any) -> bool:
-    sat_g = (model.groupdq & np.uint8(GroupFlag.SATURATED)) != 0
-    if sat_g.all():
+def _fully_saturated(backend: Any, model: Any) -> bool:
+    """Whether every pixel saturated (decided where the arrays are; one tiny download)."""
+    if backend.all_set(model.groupdq, int(GroupFlag.SATURATED)):
         return True
-    return bool(((model.pixeldq & np.uint32(PixelFlag.SATURATED)) != 0).all())
+    return bool(backend.all_set(model.pixeldq, int(PixelFlag.SATURATED)))

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -27,6 +28,7 @@ __all__ = [
     "grid_for",
     "kernel_define",
     "launch",
+    "on_stream",
     "read_lists",
     "require",
     "upload_constants",
@@ -50,6 +52,22 @@ def kernel_define(module: str, name: str) -> int:
     if found is None:
         raise LookupError(f"{module}.cu defines no integer {name}")
     return int(found[1])
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def on_stream(func: F) -> F:
+    """Run a launcher (first argument: the runtime) with the runtime's stream current, so its
+    array operations (allocations, element-wise work) are ordered with its kernels whoever
+    calls it."""
+
+    @functools.wraps(func)
+    def wrapper(rt: DeviceRuntime, *args: Any, **kwargs: Any) -> Any:
+        with rt.active():
+            return func(rt, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def launch(rt: DeviceRuntime, module: str, kernel: str, nthreads: int, args: tuple[Any, ...]) -> None:

@@ -148,12 +148,9 @@ def _device_op(method: Callable[..., Any]) -> Callable[..., Any]:
             moved = self._device_nbytes(args) + self._device_nbytes(kwargs.values()) + self._device_nbytes((result,))
             self.step_bytes[name] = self.step_bytes.get(name, 0) + moved
             return result
-        except self.oom_errors as exc:
-            self.cache.clear()
-            raise DeviceMemoryError(
-                f"{self.device_name}: out of device memory in {name} "
-                f"({self.rt.free_memory() / 2**30:.1f} GiB free): {exc}"
-            ) from None
+        except Exception as exc:
+            self._raise_if_out_of_memory(exc, name)
+            raise
 
     return wrapper
 
@@ -168,18 +165,14 @@ class DeviceBackend:
         :class:`~gpucal.backends.emulated.EmulatedRuntime`.
     name : str
         The backend's name, recorded in the output metadata (``gpu``).
-    oom_errors : tuple of exception classes
-        What the runtime raises when device memory runs out.
     """
 
     def __init__(
-        self, runtime: DeviceRuntime, *, name: str = "gpu", oom_errors: tuple[type[BaseException], ...] = (MemoryError,)
-    ) -> None:
+        self, runtime: DeviceRuntime, *, name: str = "gpu") -> None:
         self.rt = runtime
         self.xp = runtime.xp
         self.name = name
         self.device_name = runtime.device_name
-        self.oom_errors = oom_errors
         self.cache = ReferenceCache(runtime, int(CACHE_FRACTION * runtime.total_memory()))
         self.streamed = False
         self._chain_row_bytes = 0
@@ -224,7 +217,10 @@ class DeviceBackend:
         free = self.rt.free_memory()
         if self.rt.kind == "cuda":
             free += self.cache.nbytes
-        return int(MEMORY_FRACTION * free)
+        # the driver reserves local memory (per-thread stacks, e.g. likely's ~3 KB) for every
+        # thread the device can hold when a kernel with a stack launches; it is not in the pool
+        free -= self.rt.local_memory_reserve()
+        return max(0, int(MEMORY_FRACTION * free))
 
     def to_host(self, model: Any) -> Any:
         """Download every device array of ``model`` (in place), labelled ``product:<name>``."""
@@ -234,6 +230,51 @@ class DeviceBackend:
             if self.rt.is_device_array(value):
                 node[key] = self.rt.download(value, f"product:{key}")
         return model
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        """The runtime's stream made current: every array operation of a step (model
+        assembly, counts, checks) is then ordered with the kernels, whatever CuPy's default
+        stream is (the legacy null stream, or per-thread default streams).  Running out of
+        device memory inside becomes one :class:`DeviceMemoryError` line."""
+        try:
+            with self.rt.active():
+                yield
+        except Exception as exc:
+            self._raise_if_out_of_memory(exc, "a step")
+            raise
+
+    def _raise_if_out_of_memory(self, exc: BaseException, where: str) -> None:
+        """Turn the runtime's out-of-memory errors (allocation, kernel launch, pinned host
+        buffer, FFT plan) into one line for the user; anything else is left alone."""
+        if isinstance(exc, DeviceMemoryError) or not self.rt.is_out_of_memory(exc):
+            return
+        self.cache.clear()
+        message = " ".join(str(exc).split())
+        raise DeviceMemoryError(
+            f"{self.device_name}: out of device memory in {where} "
+            f"({self.rt.free_memory() / 2**30:.1f} GiB free): {type(exc).__name__}: {message}"
+        ) from None
+
+    def count_set(self, array: Any, flag: int) -> int:
+        """Number of elements of the DQ ``array`` with any bit of ``flag`` set.
+
+        Counted on the device; the count comes back as one explicit 8-byte download
+        (``scalar:count_set``), which makes the host wait for the work queued so far.
+        """
+        if not self.rt.is_device_array(array):
+            return int(np.count_nonzero(np.asarray(array) & np.asarray(array).dtype.type(flag)))
+        with self.rt.active():
+            count = self.xp.count_nonzero(array & array.dtype.type(flag))
+            return int(self.rt.download(self.xp.asarray(count, dtype=np.int64), "scalar:count_set"))
+
+    def all_set(self, array: Any, flag: int) -> bool:
+        """Whether every element of the DQ ``array`` has a bit of ``flag`` set (one 1-byte download)."""
+        if not self.rt.is_device_array(array):
+            return bool(((np.asarray(array) & np.asarray(array).dtype.type(flag)) != 0).all())
+        with self.rt.active():
+            answer = ((array & array.dtype.type(flag)) != 0).all()
+            return bool(self.rt.download(answer, "scalar:all_set"))
 
     @contextlib.contextmanager
     def on_host(self, model: Any) -> Iterator[Any]:

@@ -35,6 +35,7 @@ from gpucal.backends.device._launch_common import (
     check_resultants,
     frame_shape,
     launch,
+    on_stream,
     read_lists,
     require,
     upload_constants,
@@ -114,6 +115,7 @@ def guide_window_ranges(
     return (cx0, cx1, bx0, bx1, by0, by1)
 
 
+@on_stream
 def dq_init(
     rt: DeviceRuntime,
     raw: Any,
@@ -175,6 +177,7 @@ def dq_init(
 
 
 # ------------------------------------------------------------------------------ saturation
+@on_stream
 def saturation(
     rt: DeviceRuntime,
     data: Any,
@@ -252,6 +255,7 @@ def saturation(
 
 
 # ------------------------------------------------------------------------------ linearity
+@on_stream
 def linearity(
     rt: DeviceRuntime,
     data: Any,
@@ -363,6 +367,7 @@ def frame_read_times(
     return times
 
 
+@on_stream
 def dark_decay(
     rt: DeviceRuntime,
     data: Any,

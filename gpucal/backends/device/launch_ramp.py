@@ -34,6 +34,7 @@ from gpucal.backends.device._launch_common import (
     frame_shape,
     kernel_define,
     launch,
+    on_stream,
     require,
     upload_constants,
 )
@@ -144,6 +145,7 @@ def frame_search_mode(groupdq: np.ndarray) -> int:
     return search_mode(nres, int(np.count_nonzero(planes)))
 
 
+@on_stream
 def jump_search_mode(rt: DeviceRuntime, groupdq: Any) -> Any:
     """:func:`search_mode` of a device ``groupdq`` (K, ny, nx) uint8 of the whole frame, on the device.
 
@@ -179,6 +181,7 @@ def jump_search_mode(rt: DeviceRuntime, groupdq: Any) -> Any:
         return mode.astype(np.int32).reshape(1)  # a new C-contiguous array
 
 
+@on_stream
 def jump(
     rt: DeviceRuntime,
     data: Any,
@@ -266,6 +269,7 @@ def _outputs(rt: DeviceRuntime, shape: tuple[int, int], n: int) -> list[Any]:
     return [rt.empty(shape, np.float32) for _ in range(n)]
 
 
+@on_stream
 def gls(
     rt: DeviceRuntime,
     data: Any,
@@ -311,6 +315,7 @@ def gls(
     return RampFitResult(slope, err, var_poisson, var_rnoise, chisq, dq, groupdq)
 
 
+@on_stream
 def likely(
     rt: DeviceRuntime, data: Any, groupdq: Any, pixeldq: Any, readnoise: Any, gain: Any, timing: ReadTiming
 ) -> RampFitResult:
@@ -345,6 +350,7 @@ def likely(
     return RampFitResult(slope, err, var_poisson, var_rnoise, chisq, dq, groupdq)
 
 
+@on_stream
 def ols_cas22(
     rt: DeviceRuntime,
     data: Any,
@@ -404,6 +410,7 @@ def ols_cas22(
     return RampFitResult(slope, err, var_poisson, var_rnoise, rt.zeros((ny, nx), np.float32), dq, groupdq)
 
 
+@on_stream
 def ramp_fit(
     rt: DeviceRuntime,
     data: Any,
@@ -437,6 +444,7 @@ def ramp_fit(
     raise ValueError(f"unknown ramp-fit algorithm {algorithm!r}; expected one of {RAMP_FIT_ALGORITHMS}")
 
 
+@on_stream
 def uniform_slope(rt: DeviceRuntime, data: Any, timing: ReadTiming) -> Any:
     """Flag-blind uniform-weight slope, for ``dumo`` (``uniform_slope.cu``).
 

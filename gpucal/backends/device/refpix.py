@@ -34,7 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from cpu_fallback.refpix import FFT_ITERATIONS, N_CHANNELS, PAD, REF
+from cpu_fallback.refpix import FFT_ITERATIONS, N_CHANNELS, PAD, REF, amp33_cast
+from gpucal.backends.device._launch_common import on_stream
 from gpucal.backends.protocol import RefpixResult
 from gpucal.backends.runtime import DeviceRuntime
 from gpucal.dq import PixelFlag
@@ -98,6 +99,7 @@ def chunk_resultants(nres: int, ny: int, nx: int, free_bytes: int) -> int:
     return max(1, min(nres, usable // per))
 
 
+@on_stream
 def refpix(
     rt: DeviceRuntime,
     data: Any,
@@ -255,8 +257,8 @@ def _from_channels(xp: Any, chan: Any, offset_det: Any, offset_amp: Any, data: A
     dst[0::2] = chan[0:N_CHANNELS:2, :, :, :w] + off[0::2]
     dst[1::2] = chan[1:N_CHANNELS:2, :, :, w - 1 :: -1] + off[1::2]
     restored = chan[N_CHANNELS, :, :, :w] + offset_amp
-    # romancal's cast: truncation of |value|; NaN and out-of-range values as the device casts them
-    amp33[...] = xp.abs(restored).astype(xp.uint16)
+    # romancal's cast (NumPy's wrap, not the device's saturation): one function for both backends
+    amp33[...] = amp33_cast(xp, restored)
 
 
 def _line_fits(xp: Any, ref: Any, x: Any) -> tuple[Any, Any]:

@@ -36,6 +36,7 @@ import numpy as np
 
 from cpu_fallback.dark_decay import NCHANNEL, frame_read_times
 from cpu_fallback.wfi18 import _BORDER, _MASK_FLAGS, MASKED_ROWS, WFI18_SCA
+from gpucal.backends.device._launch_common import on_stream
 from gpucal.backends.runtime import DeviceRuntime
 from gpucal.readpattern import ReadTiming
 
@@ -89,6 +90,7 @@ def _mask_rows(groupdq: Any) -> None:
     groupdq[0, :MASKED_ROWS, :] |= _MASK_FLAGS
 
 
+@on_stream
 def wfi18_transient(
     rt: DeviceRuntime, data: Any, groupdq: Any, timing: ReadTiming, mask_rows: bool
 ) -> tuple[Any, Any, bool]:
