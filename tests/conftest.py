@@ -9,6 +9,23 @@ import pytest
 
 from gpucal.backends.select import probe_gpu
 
+#: ``GPUCAL_REQUIRE_GPU=1`` (the GPU machine's script, bench/gpu_check.sh) turns every
+#: "no usable GPU" skip into a failure, so a GPU run cannot pass by skipping.
+REQUIRE_GPU = os.environ.get("GPUCAL_REQUIRE_GPU") == "1"
+#: How every GPU skip of the suite begins (fixtures, skipif markers, helpers).
+GPU_SKIP_PREFIXES = ("GPU backend unavailable", "GPU run of the kernel unavailable")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if REQUIRE_GPU and report.skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        if any(prefix in reason for prefix in GPU_SKIP_PREFIXES):
+            report.outcome = "failed"
+            report.longrepr = f"GPUCAL_REQUIRE_GPU=1 but the GPU case was skipped: {reason}"
+    return report
+
 
 @pytest.fixture(params=["cpu", "gpu"])
 def backend(request):

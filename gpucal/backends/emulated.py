@@ -405,7 +405,8 @@ class DeviceArray(NDArrayOperatorsMixin):
         result = func(*_plain(args), **_plain(kwargs))
         if isinstance(result, bool | int | float) and not isinstance(result, np.generic):
             result = np.asarray(result)  # CuPy's reductions give 0-d device arrays
-        return _wrap(result, _log_of(args) or _log_of(list(kwargs.values())))
+        log = _log_of(args)
+        return _wrap(result, log if log is not None else _log_of(list(kwargs.values())))
 
 
 class _Fft:

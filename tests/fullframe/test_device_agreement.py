@@ -35,10 +35,14 @@ MAX_PULL = 1e-3
 CASES = [("ols_cas22", ()), ("likely", ())]
 
 
-def _check(ag, algorithm, extra) -> None:
-    assert (ag.dq_differ + ag.over) / ag.npix <= MAX_DQ_FRACTION, str(ag)
-    if algorithm == "likely":  # every threshold decision of likely shows in the DQ
-        assert ag.max_pull <= MAX_PULL, str(ag)
+def _check(ag, algorithm, extra, exact_libm: bool) -> None:
+    """The GPU/CPU contract (tests/backends/_compare.py, README) on every pixel; where the
+    device shares the host's libm (the emulated device) the tighter bounds of issue 5 too."""
+    assert not ag.violations(), str(ag)
+    if exact_libm:
+        assert (ag.dq_differ + ag.over) / ag.npix <= MAX_DQ_FRACTION, str(ag)
+        if algorithm == "likely":  # every threshold decision of likely shows in the DQ
+            assert ag.max_pull <= MAX_PULL, str(ag)
 
 
 @pytest.mark.parametrize(("algorithm", "extra"), CASES)
@@ -60,10 +64,10 @@ def test_emulated_device_agrees_with_cpu(full_demo, full_crds_env, gpucal_cal, a
     del image, pipe
     gc.collect()
     print(algorithm, extra, ag)
-    _check(ag, algorithm, extra)
+    _check(ag, algorithm, extra, exact_libm=True)
     ups = backend.rt.transfers.select("h2d", "ramp")
     assert ups[0].label == "ramp" and ups[0].nbytes == 8 * 4096 * 4096 * 2
-    assert all(t.label.startswith("product:") for t in backend.rt.transfers.select("d2h"))
+    assert all(t.label.startswith(("product:", "scalar:")) for t in backend.rt.transfers.select("d2h"))
 
 
 @pytest.mark.gpu
@@ -76,4 +80,4 @@ def test_gpu_agrees_with_cpu(gpucal_cal, algorithm, extra):
         pytest.skip(f"GPU backend unavailable: {reason}")
     ag = agreement(gpucal_cal(algorithm, *extra, "--backend=gpu"), gpucal_cal(algorithm, *extra))
     print(algorithm, extra, ag)
-    _check(ag, algorithm, extra)
+    _check(ag, algorithm, extra, exact_libm=False)
