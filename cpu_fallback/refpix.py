@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-
 from typing import Any
 
 import numpy as np
