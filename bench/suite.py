@@ -99,6 +99,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--backends", type=_backend_list, default=None,
                         help="gpucal backends, comma separated (default: gpu,cpu with a usable GPU, else cpu)")
     parser.add_argument("--batch-sizes", type=_int_list, default=[1, 2, 4], help="files per batch, comma separated")
+    parser.add_argument("--cpu-batch-sizes", type=_int_list, default=None,
+                        help="batch sizes for the cpu backend only (default: --batch-sizes); the CPU backend "
+                             "takes tens of seconds per full-frame file, so a GPU check may run it on fewer")
     parser.add_argument("--distinct", type=int, default=DEFAULT_DISTINCT,
                         help="distinct exposures generated (seeds seed..seed+n-1); a batch cycles over them")
     parser.add_argument("--romancal", action=argparse.BooleanOptionalAction, default=None,
@@ -241,7 +244,7 @@ def batches(args: argparse.Namespace, demo: cb.Demo, uncals: list[str], workdir:
     inputs_dir = workdir / "batch_inputs"
     inputs_dir.mkdir(parents=True, exist_ok=True)
     inputs = []
-    for j in range(max(args.batch_sizes)):
+    for j in range(max(args.batch_sizes + (args.cpu_batch_sizes or []))):
         link = inputs_dir / child_jobs.exposure_name(j + 1)
         if not link.exists():
             link.symlink_to(uncals[j % len(uncals)])
@@ -250,7 +253,8 @@ def batches(args: argparse.Namespace, demo: cb.Demo, uncals: list[str], workdir:
     out: dict[str, Any] = {}
     for backend in args.backends:
         out[backend] = {}
-        for n in args.batch_sizes:
+        sizes = args.cpu_batch_sizes if backend == "cpu" and args.cpu_batch_sizes else args.batch_sizes
+        for n in sizes:
             print(f"Batch: gpucal --backend={backend}, {n} file(s) ...", file=sys.stderr)
             run_dir = workdir / "batch" / f"{backend}_{n}"
             spec = {"backend": backend, "algorithm": args.algorithm, "inputs": inputs[:n],
@@ -317,7 +321,8 @@ def run_suite(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "software": {**cb.software_info(), **_suite_report.gpu_software()},
         "load": {"before": load()},
         "options": {"backends": args.backends, "backends_reason": args.backends_reason,
-                    "batch_sizes": args.batch_sizes, "algorithm": args.algorithm, "repeat": args.repeat,
+                    "batch_sizes": args.batch_sizes, "cpu_batch_sizes": args.cpu_batch_sizes or args.batch_sizes,
+                    "algorithm": args.algorithm, "repeat": args.repeat,
                     "warmup": args.warmup, "romancal": with_romancal, "nvml_interval_s": args.nvml_interval},
         "notes": ["ratios are romancal/gpucal from this one run; absolute times hold for this machine only",
                   "inputs are read from the page cache (generated just before); outputs go to the page cache"],
