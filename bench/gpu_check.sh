@@ -9,7 +9,7 @@
 #   env         nvidia-smi, Python, CuPy/CUDA/NVRTC versions
 #   info        gpucal info (NVML, versions, the GPU probe: compiles and runs test kernels)
 #   kernels     gpucal kernels (NVRTC for sm_90, CuPy's header check, CuPy's cache warmed)
-#   gpu_tests   the GPU tests with GPUCAL_REQUIRE_GPU=1 (a skip for want of a GPU fails)
+#   gpu_tests   the GPU tests (about 190) with GPUCAL_REQUIRE_GPU=1 (a skip for want of a GPU fails)
 #   agreement   full-frame GPU/CPU agreement, both ramp-fit algorithms
 #   bench       gpucal bench: gpu and cpu side by side, batches 1,4,16 (gpu), 1 (cpu)
 # Results go to $OUT (the device tool's folder; else --out, default /tmp/gpucal_check_out), at
@@ -134,8 +134,9 @@ if [ "$GPU" = 1 ]; then
 else
   phase kernels 150 0 "${GPUCAL[@]}" kernels --arch 90 --no-warm
 fi
-phase gpu_tests 180 1 env GPUCAL_REQUIRE_GPU=1 "$PY" -m pytest -q -rfEs -p no:cacheprovider -k gpu \
-  --junitxml="$LOGS/gpu_tests.xml" tests/kernels tests/backends
+# the GPU cases: marked gpu or parametrised "gpu" ("gpucal" in a name is no GPU test)
+phase gpu_tests 180 1 env GPUCAL_REQUIRE_GPU=1 "$PY" -m pytest -q -rfEs -p no:cacheprovider \
+  -k "gpu and not gpucal" --junitxml="$LOGS/gpu_tests.xml" tests/kernels tests/backends tests/test_pipeline_e2e.py
 phase agreement 240 1 env GPUCAL_REQUIRE_GPU=1 "$PY" -m pytest -q -s -rA -p no:cacheprovider -m gpu \
   --junitxml="$LOGS/agreement.xml" tests/fullframe/test_device_agreement.py
 mkdir -p "$WORK/bench"
