@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from gpucal.backends.protocol import RampFitParams
+from gpucal.backends.protocol import RampFitParams, RampFitResult, SnowballParams
 from gpucal.errors import ParameterError
 from gpucal.image import create_image_model, jump_indices
 from gpucal.jump import load_gain_readnoise
@@ -41,6 +41,16 @@ class RampFitStepParams(StepParams):
     include_var_rnoise: bool = param(False, "Write var_rnoise into the image.")
     record_jumps: bool = param(True, "Record jump positions as jump_indices (likely).")
     maximum_cores: str = param("1", "Accepted for romancal compatibility; gpucal vectorises instead.")
+    # romancal 1.1.0's snowball flagging (likely only), done on the host between the
+    # likely jump search and its final fit
+    expand_large_events: bool = param(False, "Flag snowballs (likely): grow jump halos around saturated cores.")
+    min_sat_area: float = param(1.0, "Snowballs: minimum area (pixels) of a new saturated core.")
+    min_jump_area: float = param(6.0, "Snowballs: minimum area (pixels) of a jump region.")
+    expand_factor: float = param(1.9, "Snowballs: growth factor of a snowball's ellipse.")
+    sat_required_snowball: bool = param(True, "Snowballs: require a saturated core inside the jump region.")
+    min_sat_radius_extend: float = param(0.5, "Snowballs: minimum core axis (pixels) for extending the core.")
+    sat_expand: int = param(2, "Snowballs: pixels added to the saturated core's radius.")
+    edge_size: int = param(0, "Snowballs: within this many pixels of the edge no saturated core is required.")
     override_readnoise: str | None = param(None, "READNOISE reference file to use instead of CRDS's choice.")
     override_gain: str | None = param(None, "GAIN reference file to use instead of CRDS's choice.")
 
@@ -68,13 +78,17 @@ class RampFitStep(Step[RampFitStepParams]):
             threshold_intercept=p.threshold_intercept,
             threshold_constant=p.threshold_constant,
             rejection_threshold=p.rejection_threshold,
+            snowball=self._snowball(),
         )
         log.info("Fitting ramps with %s (%d resultants)", p.algorithm, k)
-        fit = self.backend.ramp_fit(
-            model.data, model.groupdq, model.pixeldq, readnoise, gain, timing, p.algorithm, fit_params
-        )
+        if fit_params.snowball is not None:
+            fit, slope_u, model = self._fit_on_host(model, readnoise, gain, timing, fit_params)
+        else:
+            fit = self.backend.ramp_fit(
+                model.data, model.groupdq, model.pixeldq, readnoise, gain, timing, p.algorithm, fit_params
+            )
+            slope_u = self.backend.uniform_slope(model.data, timing)
         model.groupdq = fit.groupdq
-        slope_u = self.backend.uniform_slope(model.data, timing)
         jumps = jump_indices(fit.groupdq) if (p.record_jumps and p.algorithm == "likely") else None
         image = create_image_model(
             model, fit.slope, fit.dq, fit.err, fit.var_poisson, fit.var_rnoise,
@@ -83,3 +97,35 @@ class RampFitStep(Step[RampFitStepParams]):
         image.meta.cal_step.ramp_fit = "COMPLETE"
         return image
 
+
+    def _snowball(self) -> SnowballParams | None:
+        """The snowball parameters when ``expand_large_events`` is on (likely only)."""
+        p = self.params
+        if not p.expand_large_events:
+            return None
+        if p.algorithm != "likely":
+            raise ParameterError(
+                "rampfit: expand_large_events (snowball flagging) works with algorithm=likely, as in romancal "
+                "1.1.0 (whose ols_cas22 does not use it); choose likely or turn it off"
+            )
+        return SnowballParams(
+            min_sat_area=p.min_sat_area, min_jump_area=p.min_jump_area, expand_factor=p.expand_factor,
+            sat_required_snowball=p.sat_required_snowball, min_sat_radius_extend=p.min_sat_radius_extend,
+            sat_expand=p.sat_expand, edge_size=p.edge_size,
+        )
+
+    def _fit_on_host(
+        self, model: Any, readnoise: Any, gain: Any, timing: Any, fit_params: RampFitParams
+    ) -> tuple[RampFitResult, Any, Any]:
+        """The likely fit with snowball flagging, on the host whatever the backend: the
+        flagging works on whole-frame masks (scikit-image), between the search and the fit."""
+        import numpy as np
+
+        from cpu_fallback.ramp_fit.likely import fit_likely
+        from cpu_fallback.uniform import uniform_slope
+
+        model = self.backend.to_host(model)
+        data = np.asarray(model.data)
+        fit = fit_likely(data, np.asarray(model.groupdq), np.asarray(model.pixeldq), readnoise, gain, timing,
+                         fit_params)
+        return fit, uniform_slope(data, timing), model

@@ -47,7 +47,7 @@ import scipy.special
 import scipy.stats
 
 from cpu_fallback.ramp_fit._common import check_inputs, compress_dq, count_good_resultants, pixel_bit, row_blocks
-from gpucal.backends.protocol import RampFitParams, RampFitResult
+from gpucal.backends.protocol import RampFitParams, RampFitResult, SnowballParams
 from gpucal.dq import GroupFlag, PixelFlag
 from gpucal.readpattern import ReadTiming
 
@@ -457,6 +457,54 @@ def _search_jumps(
     return u, rate
 
 
+def _search_block(
+    data: np.ndarray,
+    gdq: np.ndarray,
+    readnoise: np.ndarray,
+    gain: np.ndarray,
+    pat: _Pattern,
+    thresholds: tuple[float, float],
+) -> tuple[np.ndarray, np.ndarray]:
+    """The jump search of a block: data/gdq (K, P), readnoise/gain (P,).
+
+    Returns the (n, P) bool mask of differences dropped as jumps and the (P,) float64
+    rate the search ends with (the final fit's covariance rate).
+    """
+    d = (data[1:] - data[:-1]) / pat.delta_t[:, None]
+    flagged = gdq != 0
+    u0 = ~(flagged[1:] | flagged[:-1])
+    u = u0.astype(np.float64)
+    g, rn2 = _noise(readnoise, gain)
+    with np.errstate(all="ignore"):
+        u, rate = _search_jumps(d, u, g, rn2, pat, thresholds)
+    return u0 & (u == 0), rate
+
+
+def _final_fit(
+    data: np.ndarray,
+    usable: np.ndarray,
+    rate: np.ndarray,
+    readnoise: np.ndarray,
+    gain: np.ndarray,
+    pat: _Pattern,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The fit of a block with the (n, P) bool ``usable`` differences, the covariance at the
+    search's ``rate`` (clipped at 0).  Returns slope, err, var_poisson, var_rnoise, chisq."""
+    d = (data[1:] - data[:-1]) / pat.delta_t[:, None]
+    g, rn2 = _noise(readnoise, gain)
+    with np.errstate(all="ignore"):
+        cov = _covariance((rate * (rate > 0) + 0.0) / g, rn2, pat)
+        fit = _solve(d, usable.astype(np.float64), *cov)
+        err, var_p, var_r = _variances(fit, *cov)
+    return fit.rate, err, var_p, var_r, fit.chisq
+
+
+def _noise(readnoise: np.ndarray, gain: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    # romancal hands stcal sqrt(2) x the per-read noise and stcal divides it back out
+    rn = readnoise.astype(np.float64) * np.sqrt(2) / np.sqrt(2)
+    return gain.astype(np.float64), rn**2
+
+
 def _fit_block(
     data: np.ndarray,
     gdq: np.ndarray,
@@ -465,26 +513,15 @@ def _fit_block(
     pat: _Pattern,
     thresholds: tuple[float, float],
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Fit a block of pixels: data/gdq (K, P), readnoise/gain (P,).
+    """Search and fit a block: data/gdq (K, P), readnoise/gain (P,).
 
     Returns slope, err, var_poisson, var_rnoise, chisq (P,) float64 and the (n, P) bool
     mask of differences dropped as jumps.
     """
-    d = (data[1:] - data[:-1]) / pat.delta_t[:, None]
+    jumps, rate = _search_block(data, gdq, readnoise, gain, pat, thresholds)
     flagged = gdq != 0
-    u0 = ~(flagged[1:] | flagged[:-1])
-    u = u0.astype(np.float64)
-    # romancal hands stcal sqrt(2) x the per-read noise and stcal divides it back out
-    rn = readnoise.astype(np.float64) * np.sqrt(2) / np.sqrt(2)
-    rn2 = rn**2
-    g = gain.astype(np.float64)
-    with np.errstate(all="ignore"):
-        u, rate = _search_jumps(d, u, g, rn2, pat, thresholds)
-        cov = _covariance((rate * (rate > 0) + 0.0) / g, rn2, pat)
-        fit = _solve(d, u, *cov)
-        err, var_p, var_r = _variances(fit, *cov)
-    jumps = u0 & (u == 0)
-    return fit.rate, err, var_p, var_r, fit.chisq, jumps
+    usable = ~(flagged[1:] | flagged[:-1]) & ~jumps
+    return (*_final_fit(data, usable, rate, readnoise, gain, pat), jumps)
 
 
 def fit_likely(
@@ -513,7 +550,8 @@ def fit_likely(
     timing : ReadTiming
         Read pattern and frame time.
     params : RampFitParams
-        Unused: romancal 1.1.0 always searches jumps at 4.5 sigma for ``likely``.
+        Only ``snowball`` is used (romancal 1.1.0 always searches jumps at 4.5 sigma for
+        ``likely``): when set, snowballs are flagged between the search and the fit.
 
     Returns
     -------
@@ -529,7 +567,6 @@ def fit_likely(
     ValueError
         Fewer than 4 resultants, or inconsistent shapes.
     """
-    del params  # romancal ignores rejection_threshold and use_ramp_jump_detection here
     nres = data.shape[0]
     check_inputs(data, groupdq, pixeldq, readnoise, gain, timing.nresultants)
     if nres < LIKELY_MIN_RESULTANTS:
@@ -537,6 +574,8 @@ def fit_likely(
     _, ny, nx = data.shape
     pat = pattern_constants(timing)
     thresholds = drop_thresholds()
+    if params.snowball is not None:
+        return _fit_with_snowballs(data, groupdq, pixeldq, readnoise, gain, pat, thresholds, params.snowball)
     outs = [np.empty((ny, nx), np.float32) for _ in range(5)]
     gdq_out = np.empty_like(groupdq, dtype=np.uint8)
     dq = np.empty((ny, nx), np.uint32)
@@ -563,4 +602,64 @@ def fit_likely(
         dq[rows] = bdq.reshape(-1, nx)
     slope, err, var_p, var_r, chisq = outs
     log.debug("likely: %d pixels with jumps", int(np.count_nonzero(dq & PixelFlag.JUMP_DET)))
+    return RampFitResult(slope, err, var_p, var_r, chisq, dq, gdq_out)
+
+
+def _fit_with_snowballs(
+    data: np.ndarray,
+    groupdq: np.ndarray,
+    pixeldq: np.ndarray,
+    readnoise: np.ndarray,
+    gain: np.ndarray,
+    pat: _Pattern,
+    thresholds: tuple[float, float],
+    snowball: SnowballParams,
+) -> RampFitResult:
+    """The likely fit with snowball flagging, in two passes over the frame.
+
+    Pass 1 searches every block for jumps (JUMP_DET on the later resultant of each dropped
+    difference) and keeps each pixel's rate; snowballs are then flagged on the whole
+    frame's group DQ (:func:`cpu_fallback.snowball.flag_snowballs`); pass 2 fits with every
+    difference whose later resultant carries JUMP_DET dropped, at the pass-1 rates.  The
+    DQ is folded from the flagged group DQ; the returned group DQ is the input's OR the
+    flagged one (a saturated snowball core may have cleared other bits in the latter).
+    """
+    from cpu_fallback.snowball import flag_snowballs
+
+    nres, ny, nx = data.shape
+    jump = np.uint8(GroupFlag.JUMP_DET)
+    flagged = np.array(groupdq, dtype=np.uint8)
+    rate = np.empty((ny, nx), np.float64)
+    for rows in row_blocks(ny, nx):
+        npix = (rows.stop - rows.start) * nx
+        gblk = np.array(groupdq[:, rows], dtype=np.uint8).reshape(nres, npix)
+        jumps, rate_blk = _search_block(
+            np.ascontiguousarray(data[:, rows], dtype=np.float32).reshape(nres, npix), gblk,
+            np.asarray(readnoise[rows], dtype=np.float32).reshape(npix),
+            np.asarray(gain[rows], dtype=np.float32).reshape(npix), pat, thresholds,
+        )
+        gblk[1:] |= np.where(jumps, jump, np.uint8(0))
+        flagged[:, rows] = gblk.reshape(nres, -1, nx)
+        rate[rows] = rate_blk.reshape(-1, nx)
+    searched = flagged.copy()
+    flag_snowballs(flagged, snowball)
+    outs = [np.empty((ny, nx), np.float32) for _ in range(5)]
+    dq = np.empty((ny, nx), np.uint32)
+    gdq_out = np.asarray(groupdq, dtype=np.uint8) | flagged
+    for rows in row_blocks(ny, nx):
+        npix = (rows.stop - rows.start) * nx
+        given = np.asarray(groupdq[:, rows], dtype=np.uint8).reshape(nres, npix) != 0
+        jumped = ((searched[1:, rows] | flagged[1:, rows]) & jump).reshape(nres - 1, npix) != 0
+        usable = ~(given[1:] | given[:-1]) & ~jumped
+        res = _final_fit(
+            np.ascontiguousarray(data[:, rows], dtype=np.float32).reshape(nres, npix), usable,
+            rate[rows].reshape(npix), np.asarray(readnoise[rows], dtype=np.float32).reshape(npix),
+            np.asarray(gain[rows], dtype=np.float32).reshape(npix), pat,
+        )
+        for out, arr in zip(outs, res, strict=True):
+            out[rows] = arr.reshape(-1, nx)
+        bdq = compress_dq(flagged[:, rows].reshape(nres, npix), pixeldq[rows].reshape(npix), saturated_if_all=False)
+        bdq |= pixel_bit(count_good_resultants(gdq_out[:, rows].reshape(nres, npix)) <= 1, PixelFlag.DO_NOT_USE)
+        dq[rows] = bdq.reshape(-1, nx)
+    slope, err, var_p, var_r, chisq = outs
     return RampFitResult(slope, err, var_p, var_r, chisq, dq, gdq_out)

@@ -36,6 +36,7 @@ __all__ = [
     "FlatResult",
     "JumpParams",
     "RampFitParams",
+    "SnowballParams",
 ]
 
 
@@ -65,6 +66,22 @@ class RampFitParams:
     threshold_intercept: float | None = None
     threshold_constant: float | None = None
     rejection_threshold: float = 4.5
+    #: snowball flagging between the likely jump search and its final fit (None: off)
+    snowball: SnowballParams | None = None
+
+
+@dataclass(frozen=True)
+class SnowballParams:
+    """romancal's RampFitStep snowball parameters (``expand_large_events`` turns them on;
+    ``sat_expand`` as the user gives it: romancal doubles it for stcal)."""
+
+    min_sat_area: float = 1.0
+    min_jump_area: float = 6.0
+    expand_factor: float = 1.9
+    sat_required_snowball: bool = True
+    min_sat_radius_extend: float = 0.5
+    sat_expand: int = 2
+    edge_size: int = 0
 
 
 class DQInitResult(NamedTuple):
