@@ -222,6 +222,9 @@ def _floor_and_batch_lines(result: dict[str, Any]) -> list[str]:
         lines.append(f"I/O floor: read {floor['read_s']:.2f} s + write {floor['write_s']:.2f} s = "
                      f"{floor['floor_s']:.2f} s ({floor['files_per_hour']:.0f} files/h); first in a fresh "
                      f"process: {floor['read_cold_s']:.2f} + {floor['write_cold_s']:.2f} = {floor['floor_cold_s']:.2f} s")
+        if floor.get("read_unverified_s") is not None:  # results from before checksums were verified lack it
+            lines.append(f"  the read verifies ASDF block checksums: {floor['checksum_s']:+.2f} s of it "
+                         f"(read without them {floor['read_unverified_s']:.2f} s)")
     else:
         lines.append(f"I/O floor: failed ({floor.get('error', '')[:200]})")
     sizes = sorted({int(n) for runs in result.get("batch", {}).values() for n in runs})

@@ -72,8 +72,11 @@ def test_suite_smoke(tmp_path, nvml_module):
 
     floor = result["io_floor"]
     assert floor["status"] == "ok" and floor["output_bytes"] > 0 and floor["input_bytes"] > 0
-    for key in ("read_s", "write_s", "floor_s", "read_cold_s", "write_cold_s", "floor_cold_s", "files_per_hour"):
+    for key in ("read_s", "write_s", "floor_s", "read_cold_s", "write_cold_s", "floor_cold_s", "files_per_hour",
+                "read_unverified_s"):
         assert floor[key] > 0, key
+    # the floor's read is the verified one; the check's cost is reported beside it
+    assert floor["checksum_s"] == pytest.approx(floor["read_s"] - floor["read_unverified_s"], abs=2e-3)
 
     batch = result["batch"]["cpu"]
     assert set(batch) == {"1", "2"}
@@ -93,6 +96,7 @@ def test_suite_smoke(tmp_path, nvml_module):
 
     png = out.with_suffix(".png")
     assert result["plot"] == png.name and png.read_bytes()[:8] == PNG_MAGIC
+    assert "verifies ASDF block checksums" in proc.stdout
     assert "I/O floor" in proc.stdout and "files/h" in proc.stdout and "rampfit" in proc.stdout
 
 
