@@ -2,7 +2,8 @@
 
 No science here: the CLI builds parameters, configures logging and calls the pipeline.
 Exit status: 0 success; 1 an error (one line on stderr; traceback only with --debug or
---verbose); 2 usage error; 64 an input with no science data.  Heavy imports happen inside
+--verbose); 2 usage error, or products that would overwrite an input, a reference or each
+other; 64 an input with no science data; 128 + the signal when interrupted (130, 143).  Heavy imports happen inside
 commands so ``strun -h`` is instant.
 """
 
@@ -14,7 +15,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
@@ -109,7 +110,22 @@ def _build_command(name: str, step_cls: Any, defaults: dict[str, Any]) -> click.
     def callback(inputs: tuple[str, ...], verbose: bool, debug: bool, log_level: str, log_file: str | None,
                  log_stream: str, save_parameters: str | None, disable_crds_steppars: bool, logcfg: str | None,
                  no_verify_checksums: bool, **opts: Any) -> int:
-        configure_logging("DEBUG" if verbose else log_level, log_file, log_stream)
+        from gpucal.batch import expand_inputs, list_files
+        from gpucal.errors import GpucalError
+        from gpucal.preflight import check_side_file
+
+        files = expand_inputs(inputs)
+        # before the log file is opened (and truncated): it must not be an input
+        side_files = [(opt, path) for opt, path in (("--log-file", log_file), ("--save-parameters", save_parameters))
+                      if path]
+        try:
+            for option, path in side_files:
+                check_side_file(path, option, [*files, *list_files(inputs)])
+        except GpucalError as exc:
+            _error(str(exc))
+            return exc.exit_code
+        level = "DEBUG" if verbose else log_level
+        configure_logging(level, None, log_stream)  # the log file once the outputs are checked
         scale = {key: opts.pop(key) for key in scale_cli.DISTRIBUTED_KEYS}
         values = {k: (dict(v) if isinstance(v, dict) else v) for k, v in defaults.items()}
         steps = values.setdefault("steps", {}) if hasattr(step_cls, "step_defs") else None
@@ -124,13 +140,19 @@ def _build_command(name: str, step_cls: Any, defaults: dict[str, Any]) -> click.
                 values[pname] = value
         if steps is not None and not steps:
             values.pop("steps")
-        with _checksums(not no_verify_checksums):
-            return _execute(name, step_cls, values, list(inputs), save_parameters, debug or verbose, scale)
+        try:
+            with _checksums(not no_verify_checksums):
+                return _execute(step_cls, values, list(inputs), side_files, debug or verbose,
+                                lambda: configure_logging(level, log_file, log_stream), scale)
+        except KeyboardInterrupt as exc:  # here, before click turns it into a bare Abort
+            return _interrupted(exc)
 
     return click.Command(
         name=name, params=params, callback=callback, help=doc,
         context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
-        epilog="Exit status: 0 success, 1 error, 2 usage error, 64 input without science data.",
+        epilog="Exit status: 0 success, 1 error, 2 usage error (also: a product that would overwrite an input, "
+               "a reference or another product), 64 input without science data, 130/143 interrupted "
+               "(SIGINT/SIGTERM).",
     )
 
 
@@ -153,28 +175,32 @@ def _checksums(verify: bool) -> Iterator[None]:
             os.environ[ENV_VERIFY] = previous
 
 
-def _execute(name: str, step_cls: Any, values: dict[str, Any], inputs: list[str],
-             save_parameters: str | None, show_traceback: bool, scale: dict[str, Any] | None = None) -> int:
+def _execute(step_cls: Any, values: dict[str, Any], given: list[str], side_files: list[tuple[str, str]],
+             show_traceback: bool, open_log: Callable[[], None], scale: dict[str, Any] | None = None) -> int:
+    from gpucal.batch import expand_inputs, list_files
     from gpucal.errors import GpucalError
+    from gpucal.preflight import plan_outputs
     from gpucal.scale import cli as scale_cli
 
-    if not inputs:
+    if not given:
         raise click.UsageError("an input file is required")
     distributed = scale_cli.wants_distributed(scale or {})
+    inputs = expand_inputs(given)
+    if not inputs:
+        raise click.UsageError("the list file names no inputs")
+    save_parameters = dict(side_files).get("--save-parameters")
     try:
         step = step_cls.from_values(values)
         # strun saves the top step's result, as stpipe does
         step.params = dataclasses.replace(step.params, save_results=True)
+        # every product named and checked before any work (and dead runs' temporaries cleaned)
+        plan_outputs(step, inputs, list_files(given), side_files)
+        open_log()
         if save_parameters:
             _save_parameters(step_cls, step, save_parameters)
     except GpucalError as exc:
         _error(str(exc))
         return exc.exit_code
-    from gpucal.batch import expand_inputs
-
-    inputs = expand_inputs(inputs)
-    if not inputs:
-        raise click.UsageError("the list file names no inputs")
     if distributed:
         try:
             return scale_cli.run_distributed(step_cls, values, inputs, scale or {}, show_traceback)
@@ -206,8 +232,16 @@ def _run_many(step_cls: Any, values: dict[str, Any], inputs: list[str]) -> int:
         result = run_batch(inputs, make_step, on_done=done)
     for outcome in result.failed:
         _error(outcome.error or f"{outcome.input} failed")
-    n_ok = len(inputs) - len(result.failed)
+    n_ok = len(result.done)
     click.echo(f"{n_ok} of {len(inputs)} files calibrated in {result.wall_seconds:.1f} s", err=True)
+    if result.interrupted is not None:
+        signame = signal.Signals(result.interrupted).name
+        _error(f"interrupted by {signame}: {n_ok} of {len(inputs)} files done, {len(result.not_done)} not done")
+        click.echo("done: " + " ".join(o.input for o in result.done), err=True)
+        if result.failed:
+            click.echo("failed: " + " ".join(o.input for o in result.failed), err=True)
+        click.echo("not done: " + " ".join(result.not_done), err=True)
+        return 128 + result.interrupted
     if not result.failed:
         return 0
     codes = {o.exit_code for o in result.failed}
@@ -345,24 +379,39 @@ def run_strun(argv: list[str]) -> int:
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:
+        if isinstance(exc.__cause__, KeyboardInterrupt):
+            return _interrupted(exc.__cause__)
         _error("aborted")
         return 130
     return int(rv or 0)
 
 
 def _raise_on_sigterm(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+    from gpucal.batch import Interrupted
+
+    raise Interrupted(signum)
+
+
+def _interrupted(exc: KeyboardInterrupt) -> int:
+    from gpucal.batch import interrupt_signal
+
+    signum = interrupt_signal(exc)
+    _error(f"interrupted by {signal.Signals(signum).name}")
+    return 128 + signum
 
 
 def strun_main(argv: list[str] | None = None) -> None:
-    """Console entry point of ``strun``."""
-    signal.signal(signal.SIGTERM, _raise_on_sigterm)  # so temporary outputs are cleaned up
+    """Console entry point of ``strun``.
+
+    SIGTERM is turned into an interrupt like Ctrl-C, so a run stops the same way: staged
+    products dropped, exit status 128 + the signal number (130 SIGINT, 143 SIGTERM).
+    """
+    signal.signal(signal.SIGTERM, _raise_on_sigterm)
     try:
         status = run_strun(sys.argv[1:] if argv is None else argv)
-    except KeyboardInterrupt:
-        _error("interrupted")
-        status = 130
+    except KeyboardInterrupt as exc:
+        status = _interrupted(exc)
     sys.exit(status)
 
 

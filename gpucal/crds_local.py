@@ -59,6 +59,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
+import io
 import logging
 import os
 import pprint
@@ -310,9 +311,12 @@ def best_references(parameters: Mapping[str, object], reftypes: Sequence[str]) -
             import crds
             from crds.core import heavy_client
 
+            _check_context()
             with _crds_errors_into(errors), _bounded_network_timeout():
                 found = crds.getreferences(dict(parameters), reftypes=wanted, observatory=OBSERVATORY)
                 _last_context = str(heavy_client.get_processing_mode(OBSERVATORY)[1])
+        except ReferenceFileError:
+            raise
         except (Exception, SystemExit) as exc:  # crds raises many types and may sys.exit
             raise ReferenceFileError(_failure(wanted, _describe(exc, errors))) from exc
     result: dict[str, str] = {}
@@ -576,12 +580,37 @@ def _crds_errors_into(sink: list[str]) -> Iterator[None]:
     for console in consoles:
         crds_logger.removeHandler(console)
     crds_logger.addHandler(handler)
+    # crds also prints some tracebacks itself (traceback.print_exc when it cannot fetch a
+    # context's mappings); gpucal's own handlers and progress bar keep the real stderr
+    printed = io.StringIO()
     try:
-        yield
+        with contextlib.redirect_stderr(printed):
+            yield
     finally:
         crds_logger.removeHandler(handler)
         for console in consoles:
             crds_logger.addHandler(console)
+        if printed.getvalue().strip():
+            log.debug("crds printed: %s", printed.getvalue())
+
+
+def _check_context() -> None:
+    """A pinned ``CRDS_CONTEXT`` that is not in the cache, with no server to fetch it from,
+    is named in one line (crds would fail deep inside with a traceback)."""
+    from crds.client import api
+    from crds.core import config
+
+    context = os.environ.get("CRDS_CONTEXT")
+    if not context or not context.endswith(".pmap") or "serverless" not in str(api.get_crds_server()):
+        return
+    where = Path(config.locate_mapping(context, OBSERVATORY))
+    if where.is_file() or not where.parent.is_dir():  # no cache at all: crds says what is missing
+        return
+    cached = sorted(p.name for p in where.parent.glob("*.pmap"))
+    raise ReferenceFileError(
+        f"CRDS_CONTEXT={context} is not in the CRDS cache (CRDS_PATH={os.environ.get('CRDS_PATH', '(unset)')}; "
+        f"contexts there: {', '.join(cached) or 'none'}) and no CRDS server is configured to fetch it"
+    )
 
 
 def _describe(exc: BaseException, errors: Sequence[str]) -> str:

@@ -12,7 +12,6 @@ import contextlib
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from gpucal.asdf_lz4 import parallel_lz4
 from gpucal.asdf_verify import ArrayReadError, load_arrays, verified_blocks
 from gpucal.errors import GpucalError, InputFileError, NoScienceDataError
 
-__all__ = ["open_model", "check_exposure", "check_wfi_layout", "write_model", "exposure_geometry"]
+__all__ = ["open_model", "check_exposure", "check_wfi_layout", "write_model", "save_model", "exposure_geometry"]
 
 log = logging.getLogger(__name__)
 
@@ -218,11 +217,36 @@ def check_wfi_layout(model: Any, source: str) -> None:
         )
 
 
+def save_model(model: Any, path: str | os.PathLike[str]) -> Path:
+    """Save ``model`` to ``path`` (lz4-compressed blocks, as romancal), in place.
+
+    For files that are not yet visible under a final name: ``path`` is
+    ``<folder>/<set folder>/<name>`` and errors name ``<folder>/<name>``.  A failed write
+    removes what it wrote.
+
+    Raises
+    ------
+    GpucalError
+        If the model does not validate or the file cannot be written.
+    """
+    path = Path(path)
+    try:
+        with parallel_lz4():
+            model.save(path)
+    except Exception as exc:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        raise GpucalError(f"cannot write {path.parent.parent / path.name}: {_reason(exc)}") from None
+    return path
+
+
 def write_model(model: Any, path: str | os.PathLike[str]) -> Path:
     """Save ``model`` to ``path`` atomically (lz4-compressed blocks, as romancal).
 
     The model is written under its final basename inside a hidden temporary directory
-    next to ``path`` (so ``meta.filename`` is right) and renamed into place.
+    next to ``path`` (so ``meta.filename`` is right; named after this process, so a later
+    run can remove it if this one dies) and renamed into place.  Products of a run go
+    through :class:`gpucal.products.ProductSet` instead, which commits them together.
 
     Raises
     ------
@@ -230,16 +254,14 @@ def write_model(model: Any, path: str | os.PathLike[str]) -> Path:
         If the model does not validate or the file cannot be written; nothing is left
         under ``path`` (an older file there is kept).
     """
+    from gpucal.products import owned_tempdir
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmpdir = Path(tempfile.mkdtemp(prefix=".gpucal-", dir=path.parent))
+    tmpdir = owned_tempdir(path.parent)
     try:
         tmp = tmpdir / path.name
-        try:
-            with parallel_lz4():
-                model.save(tmp)
-        except Exception as exc:
-            raise GpucalError(f"cannot write {path}: {_reason(exc)}") from None
+        save_model(model, tmp)  # its error names ``path``: tmp is <folder>/<set>/<name>
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(OSError):

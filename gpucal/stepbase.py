@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 from gpucal.errors import InputFileError, ParameterError
 from gpucal.naming import output_name
 from gpucal.params import StepParams, build_params
+from gpucal.products import ProductSet
 
 __all__ = ["Step", "CAL_STEP_KEYS", "set_cal_step"]
 
@@ -91,6 +92,13 @@ class Step(Generic[P]):
         self.timings: dict[str, float] = {}
         #: every product this step (and, for the top step, its sub-steps) wrote
         self.written: list[Path] = []
+        #: the products of the current input (top step only; see gpucal.products)
+        self.products: ProductSet | None = None
+        #: top step: commit the products at the end of :meth:`run_model` (a batch's writer
+        #: saves and commits them itself)
+        self.commit_on_run = True
+        #: files no product may replace, beside the input and the references (a batch's inputs)
+        self.protected: list[Path] = []
         if params is None:
             params = build_params(self.Params, values)
         elif values:
@@ -191,7 +199,12 @@ class Step(Generic[P]):
         return self.run_model(input)
 
     def run_model(self, input: Any) -> Any:
-        """Run the step: resolve the backend (top level), process, finalize, save."""
+        """Run the step: resolve the backend (top level), process, finalize, save.
+
+        At the top level every product is staged in a :class:`~gpucal.products.ProductSet`
+        and committed together at the end (unless ``commit_on_run`` is off: then the caller
+        saves and commits); on any failure or interrupt the staged products are dropped.
+        """
         top = self.parent is None
         if top:
             if self.backend is None:
@@ -208,6 +221,49 @@ class Step(Generic[P]):
                 set_cal_step(input, self.cal_step_key, "SKIPPED")
             return input
         model = self.open_input(input)
+        if not top:
+            return self._run_opened(model, top)
+        self.products = ProductSet(
+            planned=self.planned_outputs(self._primary_input(), _meta_filename(model),
+                                         include_top=self.saves_result() or not self.commit_on_run),
+            protected=[*self.protected, *([Path(self.input_path)] if self.input_path else [])])
+        try:
+            result = self._run_opened(model, top)
+            if self.commit_on_run:
+                self.commit_products()
+        except BaseException:
+            if self.products is not None:
+                self.products.abandon()
+                self.products = None
+            raise
+        return result
+
+    def commit_products(self) -> list[Path]:
+        """Install the products staged for the current input, all together (top step)."""
+        products, self.products = self.products, None
+        if products is None:
+            return []
+        products.protected += [Path(p) for p in self.reference_paths()]
+        try:
+            committed = products.commit()
+        except BaseException:
+            products.abandon()
+            raise
+        self.written += committed
+        return committed
+
+    def saves_result(self) -> bool:
+        """Whether this step's result is a product (``save_results`` or ``output_file``)."""
+        return bool(self.params.save_results or self.params.output_file)
+
+    def reference_paths(self) -> list[str]:
+        """The reference files this step (and its steps) used, as paths."""
+        paths = [p for p in self.ref_paths.values() if p != "N/A"]
+        for sub in getattr(self, "steps", {}).values():
+            paths += sub.reference_paths()
+        return paths
+
+    def _run_opened(self, model: Any, top: bool) -> Any:
         kind = type(model).__name__
         if kind not in self.accepts:
             source = self.input_path or "the input"
@@ -229,7 +285,7 @@ class Step(Generic[P]):
             log.info("Step %s done in %.2f s", self.name, elapsed)
             if top:
                 self.finalize_top(result, lines)
-        if self.params.save_results or self.params.output_file:
+        if self.saves_result() and (self.commit_on_run or not top):
             # inside a pipeline the arrays may still be on the device: host copies for the
             # save, the device arrays stay in the model for the next step
             with self.backend.on_host(result):
@@ -305,14 +361,29 @@ class Step(Generic[P]):
     # -------------------------------------------------------------------- saving
     def output_path(self, model: Any, suffix: str | None = None) -> Path:
         """Where a result is saved (stpipe's rules, romancal's known suffixes)."""
+        return self.output_path_for(self._primary_input(), _meta_filename(model), suffix)
+
+    def output_path_for(self, input_path: str | None, meta_filename: str | None,
+                        suffix: str | None = None) -> Path:
+        """Where a result is saved, from the input's path and its ``meta.filename``."""
         if self.names_from_model or self.params.output_use_model:
-            base = str(model.meta.filename)
+            base = meta_filename or ""
         else:
-            base = self.search_attr("output_file") or self._primary_input() or str(model.meta.filename)
+            base = self.search_attr("output_file") or input_path or meta_filename or ""
         chosen = suffix or self.params.suffix or self.default_suffix or self.name
         out_dir = self.search_attr("output_dir") or "."
         out_dir = os.path.expandvars(os.path.expanduser(out_dir))
         return Path(out_dir) / output_name(base, chosen, self.params.output_ext)
+
+    def planned_outputs(self, input_path: str | None, meta_filename: str | None,
+                        include_top: bool = True) -> list[Path]:
+        """Every product a top-level run on this input may write, its own result first.
+
+        ``include_top``: the step's own result is saved (``strun`` and a batch always save
+        it); a pipeline adds its result's partners and the results of its steps that
+        have ``save_results``.
+        """
+        return [self.output_path_for(input_path, meta_filename)] if include_top else []
 
     def _primary_input(self) -> str | None:
         step: Step | None = self
@@ -322,23 +393,49 @@ class Step(Generic[P]):
             step = step.parent
         return None
 
-    def save(self, model: Any, suffix: str | None = None) -> Path:
-        from gpucal.io import write_model
+    def _top(self) -> Step:
+        step: Step = self
+        while step.parent is not None:
+            step = step.parent
+        return step
 
-        return self.record_output(write_model(model, self.output_path(model, suffix)))
+    def save(self, model: Any, suffix: str | None = None) -> Path:
+        """Stage ``model`` as a product of the current input (committed with the others).
+
+        Outside :meth:`run_model` (no product set open) the product and its partners are
+        written and committed at once, together.
+        """
+        top = self._top()
+        if top.products is None:
+            top.products = ProductSet(protected=[Path(p) for p in [self._primary_input()] if p])
+            try:
+                path = self.save(model, suffix)  # and its partners, into the one set
+                top.written += top.products.commit()
+            except BaseException:
+                top.products.abandon()
+                raise
+            finally:
+                top.products = None
+            return path
+        return top.products.stage(model, self.output_path(model, suffix), primary=self is top and suffix is None)
 
     def record_output(self, path: Path) -> Path:
         """Note a written product on the top step (a run's list of outputs)."""
-        top: Step = self
-        while top.parent is not None:
-            top = top.parent
-        top.written.append(path)
+        self._top().written.append(path)
         return path
 
     # --------------------------------------------------------------- description
     @classmethod
     def parameter_names(cls) -> list[str]:
         return [f.name for f in fields(cls.Params)]
+
+
+def _meta_filename(model: Any) -> str | None:
+    try:
+        name = model.meta.get("filename")
+    except AttributeError:
+        return None
+    return str(name) if name else None
 
 
 def _param_names(cls: type) -> frozenset[str]:

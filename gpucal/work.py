@@ -8,7 +8,8 @@ A file is calibrated in three phases:
 1. :func:`start` builds a fresh step from the parameters and reads the input (checked,
    arrays in memory), with its SHA-256 when a ledger needs it;
 2. :func:`compute` runs the step in memory (nothing is written);
-3. :func:`finish` writes the products atomically and returns the :class:`FileRecord`.
+3. :func:`finish` writes the products (all of an input's together, :mod:`gpucal.products`)
+   and returns the :class:`FileRecord`.
 
 :func:`calibrate_file` chains them (and, with a previous record, first checks whether the
 outputs are already complete so the file can be skipped).  Failures never propagate from
@@ -54,6 +55,7 @@ __all__ = [
     "compute",
     "finish",
     "failed_record",
+    "abandon",
     "calibrate_file",
     "params_digest",
     "file_sha256",
@@ -231,6 +233,7 @@ def new_step(step_cls: Any, values: dict[str, Any], backend: Any = None) -> Any:
     step.backend = backend
     # the caller writes the products (finish), not Step.run
     step.params = dataclasses.replace(step.params, save_results=False)
+    step.commit_on_run = False
     return step
 
 
@@ -263,11 +266,12 @@ def compute(job: Job) -> None:
 
 
 def finish(job: Job, *, save: bool = True) -> FileRecord:
-    """Phase 3: write the products (atomically, unless ``save`` is False) and complete
-    the record."""
+    """Phase 3: write the products, all together (:mod:`gpucal.products`), unless ``save``
+    is False (then only what the steps saved themselves), and complete the record."""
     t0 = time.perf_counter()
     if save:
         job.step.save(job.model)
+    job.step.commit_products()
     written = [str(Path(p).resolve()) for p in getattr(job.step, "written", [])]
     job.record.step_seconds["write"] = time.perf_counter() - t0
     job.record.outputs = written
@@ -282,6 +286,14 @@ def _close(job: Job) -> FileRecord:
     job.record.peak_rss_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     job.model = None  # products and arrays are freed with the job, not kept by the record
     return job.record
+
+
+def abandon(job: Job) -> None:
+    """Drop the products staged for ``job`` (nothing of it reaches the output folder)."""
+    products = getattr(job.step, "products", None)
+    if products is not None:
+        products.abandon()
+        job.step.products = None
 
 
 def is_resource_error(exc: BaseException) -> bool:
@@ -313,6 +325,7 @@ def failed_record(job_or_path: Job | str, exc: BaseException) -> FileRecord:
     """The record of an input whose calibration raised ``exc`` (one-line message)."""
     if isinstance(job_or_path, Job):
         job = job_or_path
+        abandon(job)
     else:
         job = Job(FileRecord(input=job_or_path, host=socket.gethostname(), pid=os.getpid()))
     path = job.record.input
@@ -371,6 +384,8 @@ def calibrate_file(path: str, step_cls: type, values: dict[str, Any], *, previou
         return finish(job)
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt | SystemExit):
+            if job is not None:
+                abandon(job)
             raise
         if reraise_resource_errors and is_resource_error(exc):
             raise

@@ -223,7 +223,8 @@ def test_options_need_the_extra_and_each_other(small_demo, tmp_path, capsys):
         (tmp_path / d / "x_uncal.asdf").write_bytes(small_demo.uncal.read_bytes())
     status = run_strun(["roman_elp", str(tmp_path / "a/x_uncal.asdf"), str(tmp_path / "b/x_uncal.asdf"),
                         "--workers", "2", f"--output_dir={tmp_path}"])
-    assert status == 2 and "would both write x_cal.asdf" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert status == 2 and f"would both write {tmp_path / 'x_cal.asdf'}" in err, err
     # without Dask: one line naming the extra
     code = ("import sys; sys.modules['distributed'] = None\n"
             "from gpucal.cli import strun_main; strun_main()")

@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 from gpucal.assign_wcs import AssignWcsStep
@@ -248,10 +249,23 @@ class ExposurePipeline(Step[ExposurePipelineParams]):
     def _save_wcs(self, model: Any) -> None:
         import roman_datamodels.datamodels as rdm
 
-        from gpucal.io import write_model
-
+        assert self.products is not None  # Step.save opened the set
         wcs_model = rdm.WfiWcsModel.from_model_with_wcs(model)
-        self.record_output(write_model(wcs_model, self.output_path(model, suffix="wcs")))
+        self.products.stage(wcs_model, self.output_path(model, suffix="wcs"))
+
+    def planned_outputs(self, input_path: str | None, meta_filename: str | None,
+                        include_top: bool = True) -> list[Path]:
+        """The cal product and its wcs partner, the calibrated ramp and every step's
+        saved result (named as :meth:`save` and the steps will name them)."""
+        planned = super().planned_outputs(input_path, meta_filename, include_top)
+        if include_top:
+            planned.append(self.output_path_for(input_path, meta_filename, suffix="wcs"))
+        if self.params.save_calibrated_ramp:
+            planned.append(self.output_path_for(input_path, meta_filename, suffix="ramp"))
+        for step in self.steps.values():
+            if step.saves_result():
+                planned.append(step.output_path_for(input_path, meta_filename))
+        return planned
 
 
 _ABSENT_STEPS = ("source_catalog", "tweakreg")

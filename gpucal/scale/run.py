@@ -73,16 +73,15 @@ def plan(paths: Iterable[str | os.PathLike[str]], step: str | type, params: dict
 
 
 def _check_collisions(inputs: Sequence[str], step_cls: Any, values: dict[str, Any]) -> None:
-    """Two inputs (the same file twice, or two files of one name) would write one product."""
-    from gpucal.naming import output_name
+    """No product may be another input's product, an input or a reference; every output
+    folder writable (:func:`gpucal.preflight.plan_outputs`, every product name as the
+    workers will form it)."""
+    from gpucal.preflight import OutputClashError, plan_outputs
 
-    suffix = values.get("suffix") or step_cls.default_suffix
-    seen: dict[str, str] = {}
-    for path in inputs:
-        name = output_name(path, suffix)
-        if name in seen:
-            raise OutputCollisionError(f"{seen[name]} and {path} would both write {name}")
-        seen[name] = path
+    try:
+        plan_outputs(work.new_step(step_cls, values), inputs)
+    except OutputClashError as exc:
+        raise OutputCollisionError(str(exc)) from None
 
 
 @dataclass
