@@ -33,7 +33,7 @@ def _runtime(kind):
         return EmulatedRuntime()
     ok, reason = probe_gpu()
     if not ok:
-        pytest.skip(f"no usable GPU: {reason}")
+        pytest.skip(f"GPU backend unavailable: {reason}")
     from gpucal.backends.cupy_backend import CupyRuntime
 
     return CupyRuntime()

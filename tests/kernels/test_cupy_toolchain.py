@@ -90,7 +90,7 @@ def test_gpucal_kernels_reports_the_cupy_compiler_check():
 def test_probe_on_a_gpu_ran_its_test_kernels():
     ok, reason = probe_gpu()
     if not ok:
-        pytest.skip(f"no usable GPU: {reason}")
+        pytest.skip(f"GPU backend unavailable: {reason}")
     import cupy
 
     assert "test kernel" in reason
