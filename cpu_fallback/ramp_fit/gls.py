@@ -48,7 +48,11 @@ Jumps, saturation and flags
 * Search, on pixels with at least three usable differences: standardised residuals
   ``r_j = (d_j - s_hat dt_j) / sqrt(C_jj - dt_j**2 / F)`` (the exact residual variance of
   the fit).  A jump is the largest ``r_j`` above ``rejection_threshold`` (one-sided: a
-  cosmic ray adds charge); JUMP_DET goes on resultant ``j+1``.  Saturation inside the last
+  cosmic ray adds charge); JUMP_DET goes on resultant ``j+1``.  Around a resultant ``k``
+  with several reads, the pair ``d_k-1 + d_k`` is tested the same way (its exact residual
+  variance): a hit between ``k``'s reads is split over both differences, neither of which
+  may stand out alone; a pair strictly above every single difference removes both, with
+  JUMP_DET on ``k``.  Saturation inside the last
   usable resultant ``L`` (full well reached during its reads, its average still below the
   saturation threshold): ``r_{L-1}`` below ``-SHORTFALL_SIGMA``, the resultant falling
   short of the ramp the earlier ones predict; resultant ``L`` gets SATURATED.  The larger
@@ -86,7 +90,7 @@ log = logging.getLogger(__name__)
 
 #: Significance (sigma) below the ramp at which the last usable resultant is taken to have
 #: saturated inside its reads.
-SHORTFALL_SIGMA = 4.5
+SHORTFALL_SIGMA = 5.0
 #: As ``RAMP_MAX_RESULTANTS`` of the kernels: the usable-difference masks are 32-bit words.
 GLS_MAX_RESULTANTS = 32
 #: Pixels per block: the passes are short loops over differences, so larger blocks than
@@ -184,6 +188,7 @@ class _Fit(NamedTuple):
     var_p: np.ndarray
     chisq: np.ndarray
     resid: np.ndarray  # (n, P) standardised residuals (0 where unusable)
+    pair: np.ndarray  # (n-1, P) standardised residuals of d_j + d_j+1 (-inf where not tested)
 
 
 def _sweep(
@@ -197,7 +202,8 @@ def _sweep(
     unusable difference gets covariance 1 and no coupling, so it adds exactly 0 to every
     sum and the sweep needs no branch (the kernel branches; the values are the same).
 
-    Returns s_hat, F, G, and when ``final``: H (sum v**2/m), the (n, P) diagonal, l, m and q.
+    Returns s_hat, F, G, and when ``final``: H (sum v**2/m), the (n, P) diagonal and
+    coupling, l, m and q.
     """
     nd, npix = deff.shape
     diag = np.multiply(rn2, pat.rd[:, None])
@@ -243,7 +249,7 @@ def _sweep(
             hsum += t
     slope = gsum / fsum
     if final:
-        return slope, fsum, gsum, hsum, diag, ls, ms, qs
+        return slope, fsum, gsum, hsum, diag, off, ls, ms, qs
     return (slope,)
 
 
@@ -257,7 +263,7 @@ def _dot(w: np.ndarray, d: np.ndarray) -> np.ndarray:
     return acc
 
 
-def _fit(d: np.ndarray, usable: np.ndarray, rn2: np.ndarray, pat: GlsPattern) -> _Fit:
+def _fit(d: np.ndarray, usable: np.ndarray, rn2: np.ndarray, pat: GlsPattern, multi: np.ndarray) -> _Fit:
     """Three-pass fit of the pixels of a block (the module docstring)."""
     nd, npix = d.shape
     zero = np.zeros(npix)
@@ -276,7 +282,7 @@ def _fit(d: np.ndarray, usable: np.ndarray, rn2: np.ndarray, pat: GlsPattern) ->
     rate = np.where(s0 > 0, s0, zero)
     s1 = _sweep(deff, dteff, usable, link, rate, rn2, pat, False)[0]
     rate = np.where(s1 > 0, s1, zero)
-    slope, fsum, gsum, hsum, diag, ls, ms, qs = _sweep(deff, dteff, usable, link, rate, rn2, pat, True)
+    slope, fsum, gsum, hsum, diag, off, ls, ms, qs = _sweep(deff, dteff, usable, link, rate, rn2, pat, True)
     # backward sweep: w = C^-1 dt = L^-T q, h = w / F; read and Poisson parts of h' C h
     w = np.empty((nd, npix))
     w_next = zero
@@ -304,8 +310,17 @@ def _fit(d: np.ndarray, usable: np.ndarray, rn2: np.ndarray, pat: GlsPattern) ->
     e = d - slope * pat.dt[:, None]
     pos = usable & (rvar > 0)
     resid = np.where(pos, e / np.sqrt(np.where(pos, rvar, 1.0)), 0.0)
+    # pairs d_j + d_j+1 around a multi-read resultant j+1 (a hit between its reads is split
+    # over both): residual variance C_jj + C_j+1,j+1 + 2 C_j,j+1 - (dt_j + dt_j+1)**2 / F
+    if nd > 1:
+        dt2 = pat.dt[:-1] + pat.dt[1:]
+        pvar = ((diag[:-1] + diag[1:]) + 2.0 * off[1:]) - (dt2 * dt2)[:, None] / fsum
+        ok = usable[:-1] & usable[1:] & multi[1:, None] & (pvar > 0)
+        pair = np.where(ok, (e[:-1] + e[1:]) / np.sqrt(np.where(ok, pvar, 1.0)), -np.inf)
+    else:
+        pair = np.zeros((0, npix))
     chisq = hsum - slope * gsum
-    return _Fit(slope, var_r, var_p, chisq, resid)
+    return _Fit(slope, var_r, var_p, chisq, resid, pair)
 
 
 def _search(
@@ -325,20 +340,26 @@ def _search(
     jumps = np.zeros((nd, npix), bool)
     short = np.zeros(npix, bool)
     jl_all = last - 1
+    multi = np.array([(pat.multi >> k) & 1 for k in range(nd)], bool)
     u = usable.copy()
-    out = fit = _fit(d, u, rn2, pat)
+    out = fit = _fit(d, u, rn2, pat, multi)
     active = np.arange(npix)
     while True:
         testable = np.count_nonzero(u, axis=0) >= 3
         r = fit.resid
         cols = np.arange(active.size)
-        # the largest residual of a usable difference, NaN skipped (as the kernel)
+        # the largest residual of a usable difference, then of a pair, NaN skipped (as the
+        # kernel); a pair wins only when strictly larger
         r_use = np.where(u, r, -np.inf)
-        rb = np.fmax.reduce(r_use, axis=0)
+        rs = np.fmax.reduce(r_use, axis=0)
+        rp = np.fmax.reduce(fit.pair, axis=0) if nd > 1 else np.full(active.size, -np.inf)
+        is_pair = rp > rs
+        rb = np.where(is_pair, rp, rs)
         outlier = testable & (rb > t_jump)
         jb = np.zeros(active.size, np.intp)
-        if outlier.any():  # first index of the maximum, as the kernel's strict >
-            jb[outlier] = np.argmax(np.where(np.isnan(r_use[:, outlier]), -np.inf, r_use[:, outlier]), axis=0)
+        for sel, cand in ((outlier & ~is_pair, r_use), (outlier & is_pair, fit.pair)):
+            if sel.any():  # first index of the maximum, as the kernel's strict >
+                jb[sel] = np.argmax(np.where(np.isnan(cand[:, sel]), -np.inf, cand[:, sel]), axis=0)
         jl = jl_all[active]
         jl_ok = jl >= 0
         jlc = np.where(jl_ok, jl, 0)
@@ -351,13 +372,15 @@ def _search(
         pj, ps = active[take_jump], active[take_short]
         usable[jb[take_jump], pj] = False
         jumps[jb[take_jump], pj] = True
+        both = take_jump & is_pair
+        usable[jb[both] + 1, active[both]] = False
         usable[jlc[take_short], ps] = False
         short[ps] = True
         active = active[take_jump | take_short]
         if not active.size:
             break
         u = usable[:, active]
-        fit = _fit(d[:, active], u, rn2[active], pat)
+        fit = _fit(d[:, active], u, rn2[active], pat, multi)
         for name in ("slope", "var_r", "var_p", "chisq"):
             getattr(out, name)[active] = getattr(fit, name)
     return out, jumps, short
@@ -427,7 +450,7 @@ def fit_gls(
                 fit, jumps, short = _search(x[1:] - x[:-1], usable, last, rn2, pat, use_jump, t_jump)
             else:  # no difference, no slope
                 none = np.full(npix, np.nan)
-                fit = _Fit(none, none, none, none, np.zeros((0, npix)))
+                fit = _Fit(none, none, none, none, np.zeros((0, npix)), np.zeros((0, npix)))
                 jumps, short = np.zeros((0, npix), bool), np.zeros(npix, bool)
             g2 = g * g
             nan = np.where(ok, 0.0, np.nan)

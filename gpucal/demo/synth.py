@@ -97,6 +97,12 @@ class Truth:
         present) and ``energy_e`` (e-).
     first_saturated : ndarray, shape (ny, nx), int16
         First resultant with ``data >= threshold`` (NaN thresholds never), -1 if none.
+    first_full_well : ndarray, shape (ny, nx), int16
+        First resultant holding a read at full well (``u >= S`` before the clip, step 5),
+        -1 if none; a resultant can hold one while its average stays below the threshold.
+    full_well_deficit : ndarray, shape (ny, nx), float32, DN
+        How much the clip lowered that resultant (``mean(u - min(u, S))`` over its reads);
+        0 where ``first_full_well < 0``.
     read_pattern : tuple of tuple of int
     frame_time : float
         Seconds between reads.
@@ -108,6 +114,8 @@ class Truth:
     bias: np.ndarray
     cosmic_rays: np.ndarray
     first_saturated: np.ndarray
+    first_full_well: np.ndarray
+    full_well_deficit: np.ndarray
     read_pattern: tuple[tuple[int, ...], ...]
     frame_time: float
     seed: int
@@ -125,6 +133,8 @@ class Truth:
                 bias=self.bias,
                 cosmic_rays=self.cosmic_rays,
                 first_saturated=self.first_saturated,
+                first_full_well=self.first_full_well,
+                full_well_deficit=self.full_well_deficit,
                 read_pattern_reads=flat,
                 read_pattern_lengths=lengths,
                 frame_time=np.float64(self.frame_time),
@@ -147,6 +157,8 @@ class Truth:
                 bias=z["bias"],
                 cosmic_rays=z["cosmic_rays"],
                 first_saturated=z["first_saturated"],
+                first_full_well=z["first_full_well"],
+                full_well_deficit=z["full_well_deficit"],
                 read_pattern=tuple(pattern),
                 frame_time=float(z["frame_time"]),
                 seed=int(z["seed"]),
@@ -357,6 +369,8 @@ def make_exposure(
 
     data = np.empty((nres, ny, nx), dtype=np.uint16)
     first_sat = np.empty((ny, nx), dtype=np.int16)
+    full_well = np.full((ny, nx), -1, dtype=np.int16)
+    deficit = np.zeros((ny, nx), dtype=np.float32)
     starts = list(range(0, ny, BLOCK_ROWS))
     seeds = s_blocks.spawn(len(starts))
     log.info(
@@ -365,7 +379,8 @@ def make_exposure(
     )  # fmt: skip
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = [
-            pool.submit(_simulate_block, ctx, y0, min(y0 + BLOCK_ROWS, ny), np.random.default_rng(s), data, first_sat)
+            pool.submit(_simulate_block, ctx, y0, min(y0 + BLOCK_ROWS, ny), np.random.default_rng(s), data, first_sat,
+                        full_well, deficit)
             for y0, s in zip(starts, seeds, strict=True)
         ]
         for f in futures:
@@ -384,6 +399,8 @@ def make_exposure(
         bias=bias,
         cosmic_rays=cr,
         first_saturated=first_sat,
+        first_full_well=full_well,
+        full_well_deficit=deficit,
         read_pattern=pattern,
         frame_time=float(frame_time),
         seed=int(seed),
@@ -416,9 +433,17 @@ class _Context:
 
 
 def _simulate_block(
-    ctx: _Context, y0: int, y1: int, rng: np.random.Generator, data: np.ndarray, first_sat: np.ndarray
+    ctx: _Context,
+    y0: int,
+    y1: int,
+    rng: np.random.Generator,
+    data: np.ndarray,
+    first_sat: np.ndarray,
+    full_well: np.ndarray,
+    deficit: np.ndarray,
 ) -> None:
-    """Simulate rows ``y0:y1`` read by read; write their resultants and first saturation."""
+    """Simulate rows ``y0:y1`` read by read; write their resultants, first saturation and
+    first resultant at full well with its deficit (``full_well``/``deficit`` arrive -1/0)."""
     sl = slice(y0, y1)
     shape = (y1 - y0, data.shape[2])
     electrons, inv_gain, bias = ctx.electrons[sl], ctx.inv_gain[sl], ctx.bias[sl]
@@ -432,6 +457,8 @@ def _simulate_block(
 
     charge = np.zeros(shape, dtype=np.float32)
     acc = np.zeros(shape, dtype=np.float64)
+    clip = np.zeros(shape, dtype=np.float64)  # DN the full-well clip took off this resultant
+    ever = np.zeros(shape, dtype=bool)  # a read at full well in this resultant
     for r in range(1, ctx.last_read + 1):
         charge += rng.poisson(electrons).astype(np.float32)
         hits = cr[cr["read"] == r]
@@ -448,12 +475,22 @@ def _simulate_block(
         inl = inl_lookup(u, ctx.inl_grid0, ctx.inl_step, ctx.inl_table, ctx.chan_base)
         inl = inl_lookup(u - inl, ctx.inl_grid0, ctx.inl_step, ctx.inl_table, ctx.chan_base)
         u -= inl
+        over = u - plateau
+        at_well = over >= 0
+        ever |= at_well
+        clip += np.where(at_well, over, 0.0)
         np.minimum(u, plateau, out=u)
         acc += u
         if r in last_of:
-            mean = acc / len(ctx.pattern[k])
+            n = len(ctx.pattern[k])
+            mean = acc / n
             data[k, sl] = np.clip(np.rint(mean), 0, 65535).astype(np.uint16)
+            new = ever & (full_well[sl] < 0)
+            full_well[sl][new] = k
+            deficit[sl][new] = (clip[new] / n).astype(np.float32)
             acc[:] = 0.0
+            clip[:] = 0.0
+            ever[:] = False
 
     saturated = data[:, sl] >= ctx.threshold[sl][None]
     first_sat[sl] = np.where(saturated.any(axis=0), saturated.argmax(axis=0), -1).astype(np.int16)

@@ -42,7 +42,7 @@ __device__ __forceinline__ bool gls_bit(unsigned int mask, int j) { return ((mas
 // s_hat.  With ``final``, also F, G, H and the per-difference l, m, q, diag.
 __device__ double gls_sweep(const double* d, unsigned int mask, int nd, double rate, double rn2,
                             const double* c, bool final, double* fsum_out, double* gsum_out, double* hsum_out,
-                            double* ls, double* ms, double* qs, double* diags) {
+                            double* ls, double* ms, double* qs, double* diags, double* offs) {
     const double *dt = c, *rd = c + nd, *ph = c + 2 * nd, *crd = c + 3 * nd, *cph = c + 4 * nd;
     double fsum = 0.0, gsum = 0.0, hsum = 0.0;
     double m_prev = 1.0, u_prev = 0.0, v_prev = 0.0;
@@ -74,6 +74,7 @@ __device__ double gls_sweep(const double* d, unsigned int mask, int nd, double r
             ms[j] = m;
             qs[j] = q;
             diags[j] = diag;
+            offs[j] = off;
         }
         m_prev = m;
         u_prev = u;
@@ -88,10 +89,13 @@ __device__ double gls_sweep(const double* d, unsigned int mask, int nd, double r
 }
 
 // The three-pass fit of one mask of usable differences (gls.py ``_fit``); standardised
-// residuals into ``resid`` (0 where unusable or the residual variance is not positive).
-__device__ GlsFit gls_fit(const double* d, unsigned int mask, int nd, double rn2, const double* c, double* resid) {
+// residuals into ``resid`` (0 where unusable or the residual variance is not positive) and
+// of the pairs d_j + d_j+1 around a multi-read resultant j+1 into ``pres`` (-inf where not
+// tested).
+__device__ GlsFit gls_fit(const double* d, unsigned int mask, int nd, double rn2, const double* c,
+                          unsigned int multi, double* resid, double* pres) {
     const double *dt = c, *rd = c + nd, *ph = c + 2 * nd, *crd = c + 3 * nd, *cph = c + 4 * nd, *w0 = c + 5 * nd;
-    double ls[GLS_MAXD], ms[GLS_MAXD], qs[GLS_MAXD], diags[GLS_MAXD];
+    double ls[GLS_MAXD], ms[GLS_MAXD], qs[GLS_MAXD], diags[GLS_MAXD], offs[GLS_MAXD];
     double fsum, gsum, hsum;
     const unsigned int full = nd >= 32 ? 0xffffffffu : ((1u << nd) - 1u);
     double s0;
@@ -99,14 +103,14 @@ __device__ GlsFit gls_fit(const double* d, unsigned int mask, int nd, double rn2
         s0 = 0.0;
         for (int j = 0; j < nd; ++j) s0 = r_add(s0, r_mul(d[j], w0[j]));
     } else {
-        s0 = gls_sweep(d, mask, nd, 0.0, rn2, c, false, &fsum, &gsum, &hsum, ls, ms, qs, diags);
+        s0 = gls_sweep(d, mask, nd, 0.0, rn2, c, false, &fsum, &gsum, &hsum, ls, ms, qs, diags, offs);
     }
     double rate = s0 > 0.0 ? s0 : 0.0;
-    const double s1 = gls_sweep(d, mask, nd, rate, rn2, c, false, &fsum, &gsum, &hsum, ls, ms, qs, diags);
+    const double s1 = gls_sweep(d, mask, nd, rate, rn2, c, false, &fsum, &gsum, &hsum, ls, ms, qs, diags, offs);
     rate = s1 > 0.0 ? s1 : 0.0;
     fsum = gsum = hsum = 0.0;
     GlsFit out;
-    out.slope = gls_sweep(d, mask, nd, rate, rn2, c, true, &fsum, &gsum, &hsum, ls, ms, qs, diags);
+    out.slope = gls_sweep(d, mask, nd, rate, rn2, c, true, &fsum, &gsum, &hsum, ls, ms, qs, diags, offs);
 
     // backward sweep: w = L^-T q (kept in qs), h = w / F; h' C h in read and Poisson parts
     for (int j = nd - 2; j >= 0; --j) qs[j] = r_sub(qs[j], r_mul(ls[j + 1], qs[j + 1]));
@@ -130,6 +134,15 @@ __device__ GlsFit gls_fit(const double* d, unsigned int mask, int nd, double rn2
         const double rvar = r_sub(diags[j], r_div(r_mul(dt[j], dt[j]), fsum));
         const double e = r_sub(d[j], r_mul(out.slope, dt[j]));
         resid[j] = (gls_bit(mask, j) && rvar > 0.0) ? r_div(e, __dsqrt_rn(rvar)) : 0.0;
+    }
+    for (int j = 0; j + 1 < nd; ++j) {
+        const double dt2 = r_add(dt[j], dt[j + 1]);
+        const double pvar = r_sub(r_add(r_add(diags[j], diags[j + 1]), r_mul(2.0, offs[j + 1])),
+                                  r_div(r_mul(dt2, dt2), fsum));
+        const bool ok = gls_bit(mask, j) && gls_bit(mask, j + 1) && gls_bit(multi, j + 1) && pvar > 0.0;
+        const double e0 = r_sub(d[j], r_mul(out.slope, dt[j]));
+        const double e1 = r_sub(d[j + 1], r_mul(out.slope, dt[j + 1]));
+        pres[j] = ok ? r_div(r_add(e0, e1), __dsqrt_rn(pvar)) : -1.7976931348623157e308;
     }
     out.chisq = r_sub(hsum, r_mul(out.slope, gsum));
     return out;
@@ -182,7 +195,7 @@ extern "C" __global__ void ramp_fit_gls(const float* data, unsigned char* groupd
     unsigned int jumps = 0u;
     bool short_found = false;
     if (nd > 0) {
-        double d[GLS_MAXD], resid[GLS_MAXD];
+        double d[GLS_MAXD], resid[GLS_MAXD], pres[GLS_MAXD];
         double prev = r_mul((double)data[gc_at(0, npix, p)], g);
         for (int j = 0; j < nd; ++j) {
             const double x = r_mul((double)data[gc_at(j + 1, npix, p)], g);
@@ -191,16 +204,24 @@ extern "C" __global__ void ramp_fit_gls(const float* data, unsigned char* groupd
         }
         const double rn_e = r_mul(rn, g);
         const double rn2 = r_mul(rn_e, rn_e);
-        fit = gls_fit(d, mask, nd, rn2, consts, resid);
+        fit = gls_fit(d, mask, nd, rn2, consts, multi, resid, pres);
         const int jl = last - 1;
         for (int it = 0; it < nd; ++it) {
             const bool testable = __popc(mask) >= 3;
             double rb = -1.7976931348623157e308;  // below every residual that can win
             int jb = 0;
+            bool is_pair = false;
             for (int j = 0; j < nd; ++j) {
                 if (gls_bit(mask, j) && resid[j] > rb) {
                     rb = resid[j];
                     jb = j;
+                }
+            }
+            for (int j = 0; j + 1 < nd; ++j) {  // a pair wins only when strictly larger
+                if (pres[j] > rb) {
+                    rb = pres[j];
+                    jb = j;
+                    is_pair = true;
                 }
             }
             const bool outlier = testable && rb > threshold;
@@ -212,6 +233,7 @@ extern "C" __global__ void ramp_fit_gls(const float* data, unsigned char* groupd
             const bool take_jump = use_jump && outlier && !take_short;
             if (take_jump) {
                 mask &= ~(1u << jb);
+                if (is_pair) mask &= ~(1u << (jb + 1));
                 jumps |= 1u << jb;
             } else if (take_short) {
                 mask &= ~(1u << jlc);
@@ -219,7 +241,7 @@ extern "C" __global__ void ramp_fit_gls(const float* data, unsigned char* groupd
             } else {
                 break;
             }
-            fit = gls_fit(d, mask, nd, rn2, consts, resid);
+            fit = gls_fit(d, mask, nd, rn2, consts, multi, resid, pres);
         }
     }
 
