@@ -248,7 +248,7 @@ def test_determinism(demo, tmp_path):
 def test_truth_round_trip(demo):
     truth = demo[3]
     loaded = Truth.load(demo[2])
-    for name in ("rate", "scene", "bias", "cosmic_rays", "first_saturated"):
+    for name in ("rate", "scene", "bias", "cosmic_rays", "first_saturated", "first_full_well", "full_well_deficit"):
         assert np.array_equal(getattr(loaded, name), getattr(truth, name))
     assert loaded.read_pattern == truth.read_pattern
     assert loaded.frame_time == truth.frame_time and loaded.seed == truth.seed
@@ -279,6 +279,20 @@ def test_saturation_plateau(demo):
     # never-saturated pixels stay below their threshold in every resultant
     never = finite & (first < 0)
     assert np.all(data[:, never] < sat[never])
+
+
+def test_full_well_truth(demo):
+    """A resultant at the threshold holds reads at full well; a resultant can hold some
+    while its average stays below (the deficit is what the clip took off it)."""
+    refs, _, _, truth, data, _ = demo
+    first, full, deficit = truth.first_saturated, truth.first_full_well, truth.full_well_deficit
+    sat = first >= 0
+    assert np.all((full[sat] >= 0) & (full[sat] <= first[sat]))
+    assert np.all(deficit[full < 0] == 0) and np.all(deficit[full >= 0] >= 0)
+    inside = (full >= 0) & ((first < 0) | (full < first))  # the average stayed below there
+    assert inside.any()
+    ys, xs = np.nonzero(inside)
+    assert np.all(data[full[ys, xs], ys, xs] < refs.saturation[ys, xs])
 
 
 def test_cosmic_ray_steps(demo, linear):

@@ -1,7 +1,7 @@
 """The full-frame demo's cal files against the demo's truth (slow; romancal comparisons: oracle).
 
-For both rampfit algorithms (``ols_cas22``, the default pipeline with gpucal's jump step,
-and ``likely``, which finds its own jumps) on the 4096 x 4096, 8-resultant demo exposure
+For romancal's two rampfit algorithms (``ols_cas22``, with gpucal's jump step, and
+``likely``, which finds its own jumps; the default, ``gls``, has ``test_truth_gls.py``) on the 4096 x 4096, 8-resultant demo exposure
 (``tests/fullframe/conftest.py``).  Definitions (cal arrays are the trimmed 4088 x 4088
 science area, truth arrays are cut ``[4:-4, 4:-4]`` to match):
 

@@ -133,6 +133,19 @@ def test_cosmic_ray_in_a_difference(runtime):
     assert r.dq[0, 0] == 0 and r.slope[0, 0] > 25.0  # no search, no flag (not even a shortfall)
 
 
+def test_hit_split_between_the_reads_of_a_resultant(runtime):
+    """No jump-step flag: 160 DN between the 2nd and 3rd of resultant 2's four reads puts
+    80 DN into each difference around it; with 10 DN read noise the largest single residual
+    is 4.1 sigma, the pair's 6.2: the pair test removes both differences and puts JUMP_DET
+    on resultant 2."""
+    col = _line(20.0)
+    col[2] += 0.5 * 160.0
+    col[3:] += 160.0
+    r = _columns(runtime, [col], rn=10.0)
+    np.testing.assert_array_equal(r.groupdq[:, 0, 0], [0, 0, JUMP, 0, 0, 0, 0])
+    np.testing.assert_allclose(r.slope[0, 0], 20.0, rtol=1e-5)
+
+
 def test_jump_step_flag_on_a_multi_read_resultant(runtime):
     """A hit between the reads of resultant 2 (4 reads: 1 before, 3 after) moves it by 3/4
     of the hit and resultant 3 by all of it; JUMP_DET on resultant 2 removes both
