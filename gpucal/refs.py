@@ -174,14 +174,20 @@ def open_reference(resolved: Resolved, exposure: Any) -> Any:
         )
     if given:
         return ref  # in memory already: the user's arrays are left as they are
+    identity = (*_file_identity(resolved.path), os.stat(resolved.path).st_ino)
     try:
         # every array now, checksums verified: a truncated or damaged reference fails here,
-        # naming itself, not later as a bare decoding error inside some step
-        with parallel_lz4(), verified_blocks():
+        # naming itself, not later as a bare decoding error inside some step.  A file
+        # already verified by this process (same path, size, mtime and inode) is not
+        # hashed again: a batch reads each reference once per exposure
+        with parallel_lz4(), verified_blocks(None if identity not in _VERIFIED else False) as checked:
             load_arrays(ref._instance)
     except ArrayReadError as exc:
         ref.close()
         raise ReferenceFileError(f"{resolved.reftype} reference {resolved.path}: {exc}") from None
+    if checked:
+        with _KEYS_LOCK:
+            _VERIFIED.add(identity)
     return ref
 
 
@@ -241,6 +247,10 @@ _KEYS_LOCK = threading.Lock()
 def _file_identity(path: str) -> tuple[Any, ...]:
     st = os.stat(path)
     return (os.path.realpath(path), st.st_mtime_ns, st.st_size)
+
+
+# reference files whose block checksums this process has verified: identity + inode
+_VERIFIED: set[tuple[Any, ...]] = set()
 
 
 def _tag(array: np.ndarray, key: tuple[Any, ...]) -> None:

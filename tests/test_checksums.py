@@ -7,6 +7,7 @@ written; ``--no-verify-checksums`` / ``GPUCAL_VERIFY_CHECKSUMS=0`` turn the chec
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import asdf
@@ -130,3 +131,50 @@ def test_help_and_readme_document_the_switch(capsys):
     assert "--no-verify-checksums" in text and ENV_VERIFY in text
     readme = (ROOT / "README.md").read_text()
     assert "--no-verify-checksums" in readme and ENV_VERIFY in readme
+
+
+def test_a_reference_is_verified_once_per_process(crds_env, tmp_path):
+    """A batch opens each reference once per exposure: hashed the first time only, and
+    again once the file changes (a damaged copy put in its place is caught)."""
+    import roman_datamodels.datamodels as rdm
+
+    from gpucal.errors import ReferenceFileError
+    from gpucal.refs import Resolved, open_reference
+
+    exposure = rdm.open(crds_env.uncal)
+    mask = tmp_path / crds_env.references["mask"].name
+    shutil.copy(crds_env.references["mask"], mask)
+    res = Resolved("mask", str(mask), str(mask))
+    open_reference(res, exposure).close()
+    # the same file (inode, size, mtime) is not hashed again: a stored checksum spoiled in
+    # place, mtime put back, goes unseen by this process (the data themselves are intact)
+    st = mask.stat()
+    good = mask.read_bytes()
+    spoil_checksum(mask)
+    os.utime(mask, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert mask.stat().st_ino == st.st_ino
+    open_reference(res, exposure).close()
+    mask.write_bytes(good)
+    damaged = tmp_path / "damaged.asdf"
+    shutil.copy(mask, damaged)
+    spoil_checksum(damaged)
+    damaged.replace(mask)  # another inode, same size
+    with pytest.raises(ReferenceFileError, match="mask reference .* fails its checksum"):
+        open_reference(res, exposure)
+
+
+def test_batch_loses_only_the_damaged_file(crds_env, uncal_copy, tmp_path):
+    """In a one-process batch the damaged input fails with its line; the other is calibrated."""
+    other = tmp_path / "b" / uncal_copy.name.replace("_0001_", "_0002_")
+    other.parent.mkdir()
+    shutil.copy(uncal_copy, other)
+    flip_bit(uncal_copy)
+    before = fingerprints(uncal_copy, other, crds_env.crds_path)
+    out = tmp_path / "out"
+    result = strun(["roman_elp", str(uncal_copy), str(other), f"--output_dir={out}"], "cpu", tmp_path)
+    line = result.one_error()
+    assert result.status == 1 and str(uncal_copy) in line and "fails its checksum" in line
+    assert "1 of 2 files calibrated" in result.stderr
+    root = other.name.removesuffix("_uncal.asdf")
+    assert listing(out) == [f"{root}_cal.asdf", f"{root}_wcs.asdf"]
+    assert fingerprints(uncal_copy, other, crds_env.crds_path) == before

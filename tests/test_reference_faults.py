@@ -175,7 +175,6 @@ def _all(value):
 UNUSABLE = {
     # case: (reftype, step option, array, new value, words in the message)
     "flat all NaN": ("flat", "flatfield.override_flat", "data", np.nan, "data is NaN or zero at every pixel"),
-    "flat all zero": ("flat", "flatfield.override_flat", "data", 0.0, "data is NaN or zero at every pixel"),
     "gain all zero": ("gain", "rampfit.override_gain", "data", 0.0, "at every pixel"),
     "dark all NaN": ("dark", "dark_current.override_dark", "dark_slope", np.nan, "dark_slope is NaN at every pixel"),
 }
@@ -197,17 +196,18 @@ def test_reference_unusable_everywhere_is_an_error(crds_env, uncal_copy, tmp_pat
                           f"{reftype} reference {bad}", words, "unusable")
 
 
-@pytest.mark.parametrize(("reftype", "step", "name"), [
-    ("readnoise", "rampfit.override_readnoise", "data"),
-    ("saturation", "saturation.override_saturation", "data"),
-    ("linearity", "linearity.override_linearity", "coeffs"),
+@pytest.mark.parametrize(("reftype", "step", "name", "value"), [
+    ("flat", "flatfield.override_flat", "data", 0.0),
+    ("readnoise", "rampfit.override_readnoise", "data", np.nan),
+    ("saturation", "saturation.override_saturation", "data", np.nan),
+    ("linearity", "linearity.override_linearity", "coeffs", np.nan),
 ])
-def test_other_references_unusable_everywhere(crds_env, uncal_copy, tmp_path, capsys, reftype, step, name):
-    """The same rule for the other value-bearing references (in process, CPU backend)."""
+def test_other_references_unusable_everywhere(crds_env, uncal_copy, tmp_path, capsys, reftype, step, name, value):
+    """The same rule for the other cases (in process, CPU backend: the rule is the step's)."""
     from gpucal.cli import run_strun
 
     ref = rdm.open(crds_env.references[reftype])
-    bad = _edited(crds_env, tmp_path, reftype, **{name: _all(np.nan)(getattr(ref, name))})
+    bad = _edited(crds_env, tmp_path, reftype, **{name: _all(value)(getattr(ref, name))})
     out = tmp_path / "out"
     args = ["roman_elp", str(uncal_copy), f"--output_dir={out}", f"--steps.{step}={bad}", "--backend=cpu"]
     if reftype == "readnoise":
