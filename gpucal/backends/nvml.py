@@ -75,9 +75,9 @@ def handle_for_bus_id(nvml: Any, bus_id: str) -> Any:
     LookupError
         No NVML device has that bus id.
     """
-    try:
-        return nvml.nvmlDeviceGetHandleByPciBusId(bus_id)
-    except Exception:  # older drivers want NVML's own spelling: compare normalised ids
+    try:  # nvidia-ml-py passes the id to C as it is given (c_char_p): bytes
+        return nvml.nvmlDeviceGetHandleByPciBusId(bus_id.encode())
+    except Exception:  # a spelling this driver refuses: compare normalised ids
         pass
     want = normalize_bus_id(bus_id)
     for index in range(int(nvml.nvmlDeviceGetCount())):

@@ -47,6 +47,8 @@ class TwoGpus:
         return i
 
     def nvmlDeviceGetHandleByPciBusId(self, bus):
+        if not isinstance(bus, bytes):  # nvidia-ml-py hands it to ctypes' c_char_p
+            raise TypeError("bytes or integer address expected instead of str instance")
         if not self.accept:
             raise pynvml.NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
         for i, d in enumerate(self.devices):
