@@ -20,7 +20,7 @@ from typing import Any
 
 import click
 
-from gpucal import __version__
+from gpucal import __version__, preview_cli
 from gpucal.registry import known_names, load_class, resolve_name
 
 __all__ = ["strun_main", "gpucal_main", "run_strun"]
@@ -104,12 +104,13 @@ def _build_command(name: str, step_cls: Any, defaults: dict[str, Any]) -> click.
                           "files; verified by default). Same as GPUCAL_VERIFY_CHECKSUMS=0."),
         click.Option(["--logcfg"], default=None, hidden=True),
         *scale_cli.OPTIONS,
+        *preview_cli.STRUN_OPTIONS,
     ]
     doc = (step_cls.__doc__ or "").strip().splitlines()[0] if step_cls.__doc__ else ""
 
     def callback(inputs: tuple[str, ...], verbose: bool, debug: bool, log_level: str, log_file: str | None,
                  log_stream: str, save_parameters: str | None, disable_crds_steppars: bool, logcfg: str | None,
-                 no_verify_checksums: bool, **opts: Any) -> int:
+                 no_verify_checksums: bool, preview: bool, preview_stretch: str, **opts: Any) -> int:
         from gpucal.batch import expand_inputs, list_files
         from gpucal.errors import GpucalError
         from gpucal.preflight import check_side_file
@@ -143,7 +144,8 @@ def _build_command(name: str, step_cls: Any, defaults: dict[str, Any]) -> click.
         try:
             with _checksums(not no_verify_checksums):
                 return _execute(step_cls, values, list(inputs), side_files, debug or verbose,
-                                lambda: configure_logging(level, log_file, log_stream), scale)
+                                lambda: configure_logging(level, log_file, log_stream), scale,
+                                preview_stretch if preview else None)
         except KeyboardInterrupt as exc:  # here, before click turns it into a bare Abort
             return _interrupted(exc)
 
@@ -176,7 +178,9 @@ def _checksums(verify: bool) -> Iterator[None]:
 
 
 def _execute(step_cls: Any, values: dict[str, Any], given: list[str], side_files: list[tuple[str, str]],
-             show_traceback: bool, open_log: Callable[[], None], scale: dict[str, Any] | None = None) -> int:
+             show_traceback: bool, open_log: Callable[[], None], scale: dict[str, Any] | None = None,
+             preview: str | None = None) -> int:
+    """Run ``step_cls`` on the inputs; ``preview`` (a stretch) also writes PNG quick looks."""
     from gpucal.batch import expand_inputs, list_files
     from gpucal.errors import GpucalError
     from gpucal.preflight import plan_outputs
@@ -190,6 +194,7 @@ def _execute(step_cls: Any, values: dict[str, Any], given: list[str], side_files
         raise click.UsageError("the list file names no inputs")
     save_parameters = dict(side_files).get("--save-parameters")
     try:
+        preview_cli.check_strun_preview(preview, distributed)
         step = step_cls.from_values(values)
         # strun saves the top step's result, as stpipe does
         step.params = dataclasses.replace(step.params, save_results=True)
@@ -208,11 +213,11 @@ def _execute(step_cls: Any, values: dict[str, Any], given: list[str], side_files
             _error(str(exc))
             return exc.exit_code
     if len(inputs) == 1:
-        return _run_one(step_cls, values, inputs[0], show_traceback)
-    return _run_many(step_cls, values, inputs)
+        return _run_one(step_cls, values, inputs[0], show_traceback, preview)
+    return _run_many(step_cls, values, inputs, preview)
 
 
-def _run_many(step_cls: Any, values: dict[str, Any], inputs: list[str]) -> int:
+def _run_many(step_cls: Any, values: dict[str, Any], inputs: list[str], preview: str | None = None) -> int:
     """Batch mode: read ahead and write behind in threads, a progress bar, failures isolated."""
     import threading
 
@@ -233,6 +238,9 @@ def _run_many(step_cls: Any, values: dict[str, Any], inputs: list[str]) -> int:
     for outcome in result.failed:
         _error(outcome.error or f"{outcome.input} failed")
     n_ok = len(result.done)
+    status = 0
+    for outcome in result.done:
+        status = preview_cli.strun_previews(outcome.outputs, preview, outcome.step_seconds, _error) or status
     click.echo(f"{n_ok} of {len(inputs)} files calibrated in {result.wall_seconds:.1f} s", err=True)
     if result.interrupted is not None:
         signame = signal.Signals(result.interrupted).name
@@ -243,12 +251,13 @@ def _run_many(step_cls: Any, values: dict[str, Any], inputs: list[str]) -> int:
         click.echo("not done: " + " ".join(result.not_done), err=True)
         return 128 + result.interrupted
     if not result.failed:
-        return 0
+        return status
     codes = {o.exit_code for o in result.failed}
     return codes.pop() if len(codes) == 1 else 1
 
 
-def _run_one(step_cls: Any, values: dict[str, Any], path: str, show_traceback: bool) -> int:
+def _run_one(step_cls: Any, values: dict[str, Any], path: str, show_traceback: bool,
+             preview: str | None = None) -> int:
     from gpucal.errors import GpucalError
 
     step = step_cls.from_values(values)
@@ -268,7 +277,7 @@ def _run_one(step_cls: Any, values: dict[str, Any], path: str, show_traceback: b
             log.exception("%s failed", path)
         _error(f"{path}: {type(exc).__name__}: {exc}")
         return 1
-    return 0
+    return preview_cli.strun_previews(list(step.written), preview, dict(step.timings), _error)
 
 
 def _save_parameters(step_cls: Any, step: Any, path: str) -> None:
@@ -421,6 +430,8 @@ def strun_main(argv: list[str] | None = None) -> None:
 def gpucal_main() -> None:
     """gpucal: GPU-accelerated Roman WFI calibration (run pipelines with `strun`)."""
 
+
+gpucal_main.add_command(preview_cli.preview)
 
 @gpucal_main.command()
 @click.option("--size", default="4096", show_default=True,
