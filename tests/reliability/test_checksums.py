@@ -14,7 +14,7 @@ import asdf
 import numpy as np
 import pytest
 
-from tests.faults import (
+from tests.reliability._faults import (
     BACKENDS,
     ROOT,
     asdf_blocks,

@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 #: ``cpu``: the NumPy backend; ``device``: the device backend on the emulated device
 #: (``GPUCAL_EMULATE_GPU=1 --backend=gpu``), the exact ``.cu`` kernels on the CPU

@@ -17,7 +17,7 @@ import pytest
 import roman_datamodels.datamodels as rdm
 
 from gpucal.dq import PixelFlag
-from tests.faults import BACKENDS, fingerprints, listing, strun
+from tests.reliability._faults import BACKENDS, fingerprints, listing, strun
 
 
 def _all_65535(crds_env, tmp_path: Path) -> Path:

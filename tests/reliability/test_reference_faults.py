@@ -16,7 +16,7 @@ import pytest
 import roman_datamodels.datamodels as rdm
 
 from gpucal.dq import PixelFlag
-from tests.faults import BACKENDS, fingerprints, listing, private_cache, strun, truncate
+from tests.reliability._faults import BACKENDS, fingerprints, listing, private_cache, strun, truncate
 
 BORDER = 4
 
@@ -95,7 +95,7 @@ def test_every_reference_type_truncated(crds_env, tmp_path):
     exposure = rdm.open(crds_env.uncal)
     tried = 0
     for reftype, path in sorted(crds_env.references.items()):
-        from tests.faults import asdf_blocks
+        from tests.reliability._faults import asdf_blocks
 
         blocks = asdf_blocks(path)
         if not blocks:
