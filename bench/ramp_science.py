@@ -3,7 +3,7 @@
 Usage::
 
     python bench/ramp_science.py [--size 4096x4096] [--exposures demo,crowded]
-                                 [--algorithms gls,ols_cas22,likely] [--workdir DIR]
+                                 [--algorithms gls,ols_cas22,likely] [--workdir DIR [--reuse]]
                                  [--out bench/results/ramp_science_<size>.json]
 
 For each exposure (``EXPOSURES``: the demo's 8-resultant pattern at a new seed, and a
@@ -13,7 +13,9 @@ well inside it) it writes the demo (:func:`gpucal.demo.run.prepare_demo`), runs
 environment of the demo), scores every cal file against the truth
 (:mod:`gpucal.demo.score`), and writes a JSON file, a Markdown table (stdout) and a PNG
 beside the JSON: median pull and its robust width against the true rate, one line per
-algorithm, one panel per exposure.
+algorithm, one panel per exposure.  With ``--reuse``, cal files already in ``--workdir``
+are scored again instead of recomputed (the exposures are regenerated: same seeds, same
+data).
 """
 
 from __future__ import annotations
@@ -139,12 +141,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--algorithms", default=",".join(ALGORITHMS), help="comma separated ramp fits")
     parser.add_argument("--workdir", type=Path, help="keep exposures and cal files here (default: temporary)")
     parser.add_argument("--out", type=Path, help="JSON path (default bench/results/ramp_science_<size>.json)")
+    parser.add_argument("--reuse", action="store_true", help="score cal files already in --workdir")
     args = parser.parse_args(argv)
     ny, nx = (int(v) for v in args.size.lower().split("x"))
     names = [e for e in args.exposures.split(",") if e]
     algorithms = [a for a in args.algorithms.split(",") if a]
     if any(e not in EXPOSURES for e in names) or any(a not in ALGORITHMS for a in algorithms):
         parser.error(f"exposures from {list(EXPOSURES)}, algorithms from {list(ALGORITHMS)}")
+    if args.reuse and not args.workdir:
+        parser.error("--reuse needs --workdir")
     out = args.out or ROOT / "bench" / "results" / f"ramp_science_{ny}x{nx}.json"
     with tempfile.TemporaryDirectory(prefix="ramp_science_") as tmp:
         workdir = args.workdir or Path(tmp)
@@ -159,7 +164,9 @@ def main(argv: list[str] | None = None) -> int:
                                      "pull_by_rate": {}, "seconds": {}}
             for algorithm in algorithms:
                 start = time.perf_counter()
-                cal = read_cal(run_cal(demo, algorithm, workdir / name / algorithm))
+                done = workdir / name / algorithm / demo.uncal.name.replace("_uncal", "_cal")
+                path = done if args.reuse and done.exists() else run_cal(demo, algorithm, workdir / name / algorithm)
+                cal = read_cal(path)
                 block["seconds"][algorithm] = round(time.perf_counter() - start, 1)
                 block["scores"][algorithm] = score(cal, truth, readnoise)._asdict()
                 med, width, count = pull_by_rate(cal, truth, RATE_EDGES)

@@ -32,9 +32,8 @@ ALGORITHMS = ("gls", "ols_cas22", "likely")
 @dataclass(frozen=True)
 class RampFitStepParams(StepParams):
     algorithm: str = param("gls", "Ramp-fitting algorithm: gls, ols_cas22 or likely.", choices=ALGORITHMS)
-    rejection_threshold: float = param(
-        4.5, "gls: threshold (sigma) of its jump search; likely always uses 4.5, as romancal; ols_cas22: unused."
-    )
+    rejection_threshold: float = param(4.5, "Jump threshold (sigma); likely always uses 4.5, as romancal.")
+    gls_jump_threshold: float = param(5.0, "gls: threshold (sigma) of the jump search inside the fit.")
     use_ramp_jump_detection: bool = param(True, "Search for jumps inside the ramp fit.")
     threshold_intercept: float | None = param(None, "ols_cas22 jump threshold intercept (default 5.5).")
     threshold_constant: float | None = param(None, "ols_cas22 jump threshold slope constant (default 1/3).")
@@ -78,6 +77,7 @@ class RampFitStep(Step[RampFitStepParams]):
             threshold_intercept=p.threshold_intercept,
             threshold_constant=p.threshold_constant,
             rejection_threshold=p.rejection_threshold,
+            gls_jump_threshold=p.gls_jump_threshold,
             snowball=self._snowball(),
         )
         log.info("Fitting ramps with %s (%d resultants)", p.algorithm, k)

@@ -47,7 +47,7 @@ Jumps, saturation and flags
   of it is in the next difference).
 * Search, on pixels with at least three usable differences: standardised residuals
   ``r_j = (d_j - s_hat dt_j) / sqrt(C_jj - dt_j**2 / F)`` (the exact residual variance of
-  the fit).  A jump is the largest ``r_j`` above ``rejection_threshold`` (one-sided: a
+  the fit).  A jump is the largest ``r_j`` above ``gls_jump_threshold`` (one-sided: a
   cosmic ray adds charge); JUMP_DET goes on resultant ``j+1``.  Around a resultant ``k``
   with several reads, the pair ``d_k-1 + d_k`` is tested the same way (its exact residual
   variance): a hit between ``k``'s reads is split over both differences, neither of which
@@ -413,7 +413,7 @@ def fit_gls(
         Read pattern and frame time (1 <= K <= 32).
     params : RampFitParams
         ``use_ramp_jump_detection`` (search for jumps in the fit) and
-        ``rejection_threshold`` (its threshold, sigma).
+        ``gls_jump_threshold`` (its threshold, sigma).
 
     Returns
     -------
@@ -430,7 +430,7 @@ def fit_gls(
     _, ny, nx = data.shape
     pat = pattern_constants(timing)
     use_jump = bool(params.use_ramp_jump_detection)
-    t_jump = float(params.rejection_threshold)
+    t_jump = float(params.gls_jump_threshold)
     outs = [np.empty((ny, nx), np.float32) for _ in range(5)]
     gdq_out = np.empty_like(groupdq, dtype=np.uint8)
     dq = np.empty((ny, nx), np.uint32)

@@ -58,14 +58,16 @@ class RampFitParams:
 
     ``threshold_intercept`` / ``threshold_constant``: ols_cas22 jump thresholds
     (defaults 5.5 and 1/3 when None). ``use_ramp_jump_detection``: jump search inside the
-    gls and ols_cas22 fits; ``rejection_threshold``: the gls search's threshold (sigma).
-    ``likely`` ignores both: as in romancal 1.1.0 it always searches for jumps at 4.5 sigma.
+    gls and ols_cas22 fits; ``gls_jump_threshold``: the gls search's threshold (sigma).
+    ``likely`` ignores them and ``rejection_threshold``: as in romancal 1.1.0 it always
+    searches for jumps at 4.5 sigma.
     """
 
     use_ramp_jump_detection: bool = True
     threshold_intercept: float | None = None
     threshold_constant: float | None = None
     rejection_threshold: float = 4.5
+    gls_jump_threshold: float = 5.0
     #: snowball flagging between the likely jump search and its final fit (None: off)
     snowball: SnowballParams | None = None
 

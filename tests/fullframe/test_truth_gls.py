@@ -10,27 +10,22 @@ the CPU backend and on the emulated device (the device backend's whole code path
 
 Asserted for ``gls`` on each exposure:
 
-* robust std of the pull <= likely's (+0.001: the two are the same estimator up to the
-  jump decisions);
-* cosmic rays >= 100 e- flagged: >= 99.5% on the demo, >= likely's - 0.005 on the crowded
-  field (where many hits land on bright star pixels whose Poisson noise hides 100 e-; no
-  algorithm reaches 99.5% there: likely 0.979 on a 512-row cut);
+* median pull within +-0.005, and within likely's +-0.002;
+* robust std of the pull <= likely's + 0.001 (the same estimator up to the jump
+  decisions; measured 1.0208 against 1.0207 on the demo);
+* cosmic rays >= 100 e- flagged: >= 99.5% on the demo; on the crowded field >= likely's
+  - 0.005 (many hits land on bright star pixels whose Poisson noise hides 100 e-; no
+  algorithm reaches 99.5% there, likely 0.980);
 * false jumps (clean pixels with JUMP_DET) <= likely's;
 * pixels that reached full well with SATURATED: >= likely's recall, and SATURATED on at
   most 1e-5 of the checked pixels that never did;
-* median pull within likely's +-0.002.
+* on the demo, SATURATED on >= 99.5% of the pixels whose reads at full well moved the
+  resultant holding them by >= 1 sigma of its read noise.
 
-Expected failures, kept visible (strict):
-
-* median pull within +-0.005: the slope of an unbiased fit has a negative median where the
-  Poisson part of its noise is skewed (median - mean ~ -skew/6); the GLS fit with the
-  *true* covariance shows -0.006 at 2 e-/s in the Monte Carlo, and ``likely`` and ``gls``
-  both give -0.011 on the demo's sky (a 512-row cut).  Only a fit biased in the mean
-  could move it, which the Monte Carlo test forbids.
-* SATURATED on >= 99.5% of the pixels whose reads at full well moved the resultant holding
-  them by >= 1 sigma of its read noise: inside the last resultant of a bright star's wing
-  such a shift is 1-2 sigma of the difference noise, which no test of the ramp alone can
-  find at 1e-5 false positives (the saturation threshold is not an input of the ramp fit).
+Expected failure, kept visible (strict): that last figure on the crowded field (0.984).
+Inside the last resultant of a bright star's wing such a shift is 1-2 sigma of the
+difference noise, which no test of the ramp alone can find at 1e-5 false positives (the
+saturation threshold is not an input of the ramp fit).
 """
 
 from __future__ import annotations
@@ -124,10 +119,10 @@ def _run_emulated(demo, out: Path) -> Path:
 def test_gls_against_truth_and_likely(scores, name, backend):
     got, ref = scores(name, "gls", backend), scores(name, "likely")
     failures = []
+    if abs(got.pull_median) > 0.005 or abs(got.pull_median - ref.pull_median) > 0.002:
+        failures.append(f"median pull {got.pull_median:+.4f}, likely's {ref.pull_median:+.4f}")
     if got.pull_std > ref.pull_std + 0.001:
         failures.append(f"pull std {got.pull_std:.4f} > likely's {ref.pull_std:.4f}")
-    if abs(got.pull_median - ref.pull_median) > 0.002:
-        failures.append(f"median pull {got.pull_median:+.4f}, likely's {ref.pull_median:+.4f}")
     cr_min = 0.995 if name == "demo" else ref.cr_found - 0.005
     if got.cr_found < cr_min:
         failures.append(f"cosmic rays >= 100 e- found {got.cr_found:.4f} < {cr_min:.4f}")
@@ -141,15 +136,14 @@ def test_gls_against_truth_and_likely(scores, name, backend):
     assert not failures, f"{name} {backend}: " + "; ".join(failures)
 
 
-@pytest.mark.xfail(strict=True, reason="Poisson skew: an unbiased fit's median pull is ~ -0.01 here (docstring)")
-@pytest.mark.parametrize("name", EXPOSURE_NAMES)
-def test_gls_median_pull_within_half_a_percent(scores, name):
-    got = scores(name, "gls")
-    assert abs(got.pull_median) <= 0.005, f"{name}: {got.pull_median:+.4f}"
-
-
-@pytest.mark.xfail(strict=False, reason="a 1-sigma shortfall is not detectable from the ramp alone (docstring)")
-@pytest.mark.parametrize("name", EXPOSURE_NAMES)
+@pytest.mark.parametrize(
+    "name",
+    [
+        "demo",
+        pytest.param("crowded", marks=pytest.mark.xfail(
+            strict=True, reason="a 1-2 sigma shortfall is not detectable from the ramp alone (docstring)")),
+    ],
+)
 def test_gls_flags_saturation_that_moved_a_resultant(scores, name):
     got = scores(name, "gls")
     assert got.sat_required_found >= 0.995, f"{name}: {got.sat_required_found:.4f} of {got.n_sat_required}"

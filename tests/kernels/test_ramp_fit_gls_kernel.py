@@ -37,7 +37,7 @@ K = len(PATTERN)
 PARAMS = {
     "default": RampFitParams(),
     "nojump": RampFitParams(use_ramp_jump_detection=False),
-    "threshold4": RampFitParams(rejection_threshold=4.0),
+    "threshold4": RampFitParams(gls_jump_threshold=4.0),
 }
 
 
@@ -136,8 +136,8 @@ def test_cosmic_ray_in_a_difference(runtime):
 def test_hit_split_between_the_reads_of_a_resultant(runtime):
     """No jump-step flag: 160 DN between the 2nd and 3rd of resultant 2's four reads puts
     80 DN into each difference around it; with 10 DN read noise the largest single residual
-    is 4.1 sigma, the pair's 6.2: the pair test removes both differences and puts JUMP_DET
-    on resultant 2."""
+    is 4.1 sigma, the pair's 6.2 (threshold 5): the pair test removes both differences and
+    puts JUMP_DET on resultant 2."""
     col = _line(20.0)
     col[2] += 0.5 * 160.0
     col[3:] += 160.0

@@ -283,7 +283,7 @@ def gls(
     """gpucal's generalised-least-squares ramp fit (``ramp_fit_gls.cu``).
 
     Arguments as :func:`ols_cas22`; ``params``: ``use_ramp_jump_detection`` and
-    ``rejection_threshold`` (sigma) of the search for jumps inside the fit.
+    ``gls_jump_threshold`` (sigma) of the search for jumps inside the fit.
 
     Returns
     -------
@@ -308,7 +308,7 @@ def gls(
     dq = rt.empty((ny, nx), np.uint32)
     launch(rt, "ramp_fit_gls", "ramp_fit_gls", ny * nx, (
         data, groupdq, pixeldq, readnoise, gain, consts, np.uint32(pat.multi),
-        _I32(bool(params.use_ramp_jump_detection)), np.float64(params.rejection_threshold),
+        _I32(bool(params.use_ramp_jump_detection)), np.float64(params.gls_jump_threshold),
         np.float64(gls_np.SHORTFALL_SIGMA), _I32(nres), _I32(ny * nx), *outs, dq,
     ))  # fmt: skip
     slope, err, var_poisson, var_rnoise, chisq = outs
