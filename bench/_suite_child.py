@@ -96,8 +96,16 @@ def _batch(spec: dict[str, Any], report: dict[str, Any]) -> None:
     clock = DeviceTimePerFile(backend)  # the process's one backend: its clocks are reset per file
 
     def make_step() -> Any:
-        clock.next_file()  # the previous file's device work is done (its products came back)
-        return ExposurePipeline.from_values(values)  # save_results off: the writer thread saves
+        # made ahead by the reader thread; its calibration runs later, in the main thread
+        step = ExposurePipeline.from_values(values)  # save_results off: the writer thread saves
+        run_model = step.run_model
+
+        def run_model_per_file(*args: Any, **kwargs: Any) -> Any:
+            clock.next_file()  # this file starts; the previous one's device work is done (products came back)
+            return run_model(*args, **kwargs)
+
+        step.run_model = run_model_per_file
+        return step
 
     result = run_batch(spec["inputs"], make_step)
     report.update(

@@ -195,9 +195,17 @@ def text_table(result: dict[str, Any]) -> str:
     lines += [row("write", "write_s"), row("other", "other_s"), row("run, read..write", "run_s"),
               row("process wall", "wall_s"), row("peak RSS (MiB)", "peak_rss_mib", "{:>11.0f}")]
     if any(s.get("device_ms") for _, s in cols):
+        # device times are kept per backend method: rampfit is ramp_fit (plus uniform_slope: dumo)
+        methods = {"rampfit": ("ramp_fit", "uniform_slope")}
+
+        def device_ms(s: dict[str, Any], name: str) -> float | None:
+            ms = s.get("device_ms") or {}
+            found = [ms[k] for k in methods.get(name, (name,)) if k in ms]
+            return sum(found) if found else None
+
         lines.append("device time (ms)")
-        lines += [f"  {name}".ljust(24) + "".join(_fmt((s.get("device_ms") or {}).get(name), "{:>11.1f}")
-                                                  for _, s in cols) for name in steps]
+        lines += [f"  {name}".ljust(24) + "".join(_fmt(device_ms(s, name), "{:>11.1f}") for _, s in cols)
+                  for name in steps]
     nv = [(n, s.get("nvml", {})) for n, s in cols]
     if any(v.get("available") for _, v in nv):
         for label, key, fmt in (("GPU util mean (%)", "utilization_gpu_pct_mean", "{:>11.0f}"),

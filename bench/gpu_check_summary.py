@@ -64,7 +64,9 @@ def _fmt(value: Any, unit: str = "", digits: int = 2) -> str:
 
 def bench_figures(result: dict[str, Any]) -> dict[str, Any]:
     """The headline figures of a suite JSON (see bench/README.md for their meaning)."""
+    options = result.get("options", {})
     figures: dict[str, Any] = {"device": result.get("device", {}).get("name"),
+                               "backends": options.get("backends"), "backends_reason": options.get("backends_reason"),
                                "exposure": result.get("exposure", {}).get("shape"), "single": {}, "batch": {}}
     for backend, block in result.get("single", {}).items():
         summary = block.get("summary", {})
@@ -117,7 +119,8 @@ def markdown(summary: dict[str, Any]) -> str:
         lines += ["", "Agreement figures (per algorithm):", "", "```", *summary["agreement_lines"], "```"]
     bench = summary.get("bench")
     if bench:
-        lines += ["", "## Bench", "", f"device {bench['device']}, exposure {bench['exposure']}", ""]
+        lines += ["", "## Bench", "", f"device {bench['device']}, exposure {bench['exposure']}, backends "
+                  f"{bench.get('backends')} ({bench.get('backends_reason')})", ""]
         lines += ["| backend | end to end (run) s | process s | read s | write s | device ms (sum of steps) |",
                   "|---|---|---|---|---|---|"]
         for backend, s in bench["single"].items():

@@ -81,9 +81,17 @@ def _backend_list(text: str) -> list[str]:
 
 
 def default_backends() -> tuple[list[str], str]:
-    """``gpu`` (when the GPU probe passes) and ``cpu``; the probe's reason."""
-    from gpucal.backends.select import probe_gpu
+    """``gpu`` (when the GPU probe passes) and ``cpu``; the probe's reason.
 
+    With ``GPUCAL_EMULATE_GPU=1`` (CI, and the GPU check's dry mode) ``gpu`` is the emulated
+    device: the bench's device code paths run, its figures are host time and mean nothing.
+    """
+    import os
+
+    from gpucal.backends.select import EMULATE_ENV, probe_gpu
+
+    if os.environ.get(EMULATE_ENV) == "1":
+        return ["gpu", "cpu"], f"{EMULATE_ENV}=1: 'gpu' is the emulated device (its figures are not a GPU's)"
     ok, reason = probe_gpu()
     return (["gpu", "cpu"] if ok else ["cpu"]), reason
 

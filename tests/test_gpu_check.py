@@ -1,7 +1,7 @@
 """bench/gpu_check.sh, the one prepared GPU call, in its dry mode (issue 10 §5).
 
 Without a GPU the script runs every phase that needs none (gpucal info, gpucal kernels, a
-small CPU bench), reports the GPU phases as "skipped: no GPU", and leaves at most 8 flat
+small bench with 'gpu' on the emulated device beside the CPU backend), reports the GPU phases as "skipped: no GPU", and leaves at most 8 flat
 files (the device tool's limit) with a summary; under a tiny budget the phases it cannot
 fit are "skipped: out of time" and the results are still written.
 """
@@ -57,14 +57,24 @@ def test_dry_run_skips_the_gpu_phases_and_runs_the_rest(dry_run):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["gpu"] is False and summary["ok"] is True
     assert summary["bench"]["single"]["cpu"]["status"] == "ok" and summary["bench"]["io_floor"]["floor_s"] > 0
+    assert summary["bench"]["single"]["gpu"]["status"] == "ok"
     text = (out / "summary.md").read_text()
     assert "mode: **dry" in text and "| gpu_tests | skipped: no GPU |" in text and "files/h" in text
     assert "--backend=auto uses: cpu" in (out / "info.txt").read_text()
     bench = json.loads((out / "bench.json").read_text())
-    assert bench["schema"] == "gpucal-bench/1" and bench["options"]["backends"] == ["cpu"]
+    assert bench["schema"] == "gpucal-bench/1" and bench["options"]["backends"] == ["gpu", "cpu"]
+    assert "GPUCAL_EMULATE_GPU=1" in bench["options"]["backends_reason"]  # 'gpu' is the emulated device here
     # the cpu backend's own batch sizes (a GPU check runs it on one file only)
     assert bench["options"]["cpu_batch_sizes"] == [2] and list(bench["batch"]["cpu"]) == ["2"]
-    assert len(bench["batch"]["cpu"]["2"]["device_ms_per_file"]) == 2  # one entry per file (None: no device clock)
+    assert list(bench["batch"]["gpu"]) == ["1", "2"]
+    assert bench["batch"]["cpu"]["2"]["device_ms_per_file"] == [None, None]  # no device clock
+    # the device backend: each file of a batch its own device time (not 0 then the sum)
+    per_file = bench["batch"]["gpu"]["2"]["device_ms_per_file"]
+    one_file = bench["batch"]["gpu"]["1"]["device_ms_per_file"][0]
+    assert len(per_file) == 2 and all(t > 0.3 * one_file for t in per_file), (per_file, one_file)
+    device_ms = bench["single"]["gpu"]["summary"]["device_ms"]
+    assert {"dq_init", "saturation", "linearity", "ramp_fit"} <= set(device_ms)
+    assert summary["bench"]["single"]["gpu"]["device_ms"] == device_ms and "device ms per step" in text
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
