@@ -18,11 +18,9 @@ __all__ = ["read_parameter_file", "write_parameter_file", "is_parameter_file", "
 
 log = logging.getLogger(__name__)
 
-# stpipe parameters every step has that change nothing in gpucal's runs
-_STPIPE_GENERIC = {
-    "pre_hooks", "post_hooks", "output_use_model", "output_use_index", "search_output_file",
-    "update_version", "config_file", "name", "class",
-}
+# stpipe entries of a parameter file that are not parameters (its generic parameters,
+# pre_hooks ... output_use_model, are gpucal parameters too: hooks given here are refused)
+_STPIPE_GENERIC = {"config_file", "name", "class"}
 # romancal steps gpucal does not run (the cal file is gpucal's product)
 _NOT_IN_GPUCAL = {"source_catalog", "tweakreg"}
 

@@ -308,7 +308,7 @@ def association(tmp: Path, members: list[Path]) -> dict[str, Any]:
                                                           for m in members]}]}
 
 
-@pytest.mark.parametrize("form", ["json", "library"])
+@pytest.mark.parametrize("form", ["json", "dict", "library"])
 def test_association_and_library_inputs(crds, tmp_path, monkeypatch, form):
     """Two exposures in an association file or a ModelLibrary: a library of two cal models."""
     import shutil
@@ -331,7 +331,7 @@ def test_association_and_library_inputs(crds, tmp_path, monkeypatch, form):
         pipe = make_pipeline(impl)
         pipe.save_results = True
         pipe.output_dir = str(out)
-        dataset = str(asn_path) if form == "json" else ModelLibrary(str(asn_path))
+        dataset = {"json": str(asn_path), "dict": asn}.get(form) or ModelLibrary(str(asn_path))
         with quiet_romancal():
             lib, catalogs, segmentations = pipe.run(dataset)
         assert isinstance(lib, ModelLibrary) and len(lib) == 2
@@ -393,6 +393,24 @@ def test_hooks_are_refused_with_one_line(crds, tmp_path):
     with pytest.raises(ParameterError, match="post_hooks are not supported"):
         cls("gpucal", "dq_init").call(str(crds.uncal), config_file=str(pars))
     assert values["post_hooks"] == ["echo hi"]
+
+
+@pytest.mark.parametrize("hooks", ["pre_hooks", "post_hooks"])
+def test_hooks_in_a_romancal_parameter_file_are_refused_by_strun(crds, tmp_path, capsys, hooks):
+    """romancal's exported parameter file (empty hooks) runs; one with a hook is refused."""
+    from romancal.pipeline import ExposurePipeline
+
+    from gpucal.cli import run_strun
+
+    pars = tmp_path / "elp.asdf"
+    with quiet_romancal():
+        pipe = ExposurePipeline()
+        getattr(pipe.dq_init, hooks).append("echo hi")
+        pipe.export_config(str(pars))
+    status = run_strun([str(pars), str(crds.uncal), "--backend=cpu", f"--output_dir={tmp_path / 'out'}"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("strun: error:")]
+    assert status == 1 and len(err) == 1 and f"{hooks} are not supported" in err[0], err
+    assert not (tmp_path / "out").exists()
 
 
 def test_strun_association(crds, tmp_path):

@@ -142,3 +142,51 @@ def test_snowballs_need_likely():
     with pytest.raises(ParameterError, match="works with algorithm=likely"):
         RampFitStep.call(ramp, algorithm="ols_cas22", expand_large_events=True, override_gain=gain,
                          override_readnoise=readnoise, backend="cpu")
+
+
+def with_snowball(uncal):
+    """A copy of the demo exposure hit by a snowball (saturated core, bright halo) at resultant 3."""
+    raw = rdm.open(uncal)
+    data = np.array(raw.data)
+    _, ny, nx = data.shape
+    yy, xx = np.mgrid[:ny, :nx]
+    dist = np.hypot(yy - 30.0, xx - 120.0)
+    halo = (dist > 2.5) & (dist <= 6.0)
+    data[3:, dist <= 2.5] = 65000
+    data[3:, halo] = np.minimum(data[3:, halo] + 3000.0 * np.exp(-(dist[halo] - 2.5))[None] + 800.0, 60000)
+    raw.data = data.astype(np.uint16)
+    out = uncal.parent / uncal.name.replace("_0001_", "_0002_")
+    raw.save(out)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["emulated", "gpu"])
+def test_snowballs_on_a_device_backend_match_the_cpu(crds_env, uncal_copy, kind):
+    """Through the pipeline on a device backend the snowball fit runs on the host, with the
+    ramp downloaded once: the cal image is the CPU backend's, array for array."""
+    from gpucal.backends.device.backend import DeviceBackend
+    from gpucal.backends.emulated import EmulatedRuntime
+    from gpucal.backends.select import probe_gpu
+    from gpucal.pipeline.exposure import ExposurePipeline
+    from tests.backends._compare import agreement
+
+    if kind == "gpu":
+        ok, reason = probe_gpu()
+        if not ok:
+            pytest.skip(f"GPU backend unavailable: {reason}")
+        from gpucal.backends.cupy_backend import CupyBackend
+
+        backend = CupyBackend()
+    else:
+        backend = DeviceBackend(EmulatedRuntime(), name="emulated")
+    uncal = with_snowball(uncal_copy)
+    steps = {"rampfit": {"algorithm": "likely", "expand_large_events": True}}
+    cpu, _, _ = ExposurePipeline(steps=steps, backend="cpu").run(str(uncal))
+    pipe = ExposurePipeline(steps=steps)
+    pipe.backend = backend
+    got, _, _ = pipe.run(str(uncal))
+    plain, _, _ = ExposurePipeline(steps={"rampfit": {"algorithm": "likely"}}, backend="cpu").run(str(uncal))
+    assert np.count_nonzero(cpu.dq & JUMP) > np.count_nonzero(plain.dq & JUMP)  # snowballs flagged
+    ag = agreement(got, cpu)
+    assert not ag.violations(), str(ag)  # the GPU/CPU contract (README)
+    assert ag.dq_differ == 0 and ag.over == 0, str(ag)
