@@ -33,6 +33,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import queue
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -55,6 +56,11 @@ log = logging.getLogger(__name__)
 ENV_VERIFY = "GPUCAL_VERIFY_CHECKSUMS"
 _OFF = {"0", "false", "no", "off", "n", "f"}
 _ON = {"", "1", "true", "yes", "on", "y", "t"}
+
+#: blocks at least this large are hashed in a thread of their own, beside the decoding
+_THREADED_HASH_BYTES = 8 << 20
+#: chunks (1 MiB reads) queued for that thread at most
+_HASH_QUEUE_CHUNKS = 32
 
 _lock = threading.Lock()
 _users = 0
@@ -97,17 +103,47 @@ def _md5() -> Any:
 
 
 class _HashingReader:
-    """Hands asdf's decompressor the block's chunks, hashing each on the way."""
+    """Hands asdf's decompressor the block's chunks and hashes them on the way.
 
-    def __init__(self, fd: Any, hasher: Any) -> None:
+    For a large block the MD5 runs in a thread of its own (``hashlib`` releases the GIL),
+    fed the chunks in order through a bounded queue, so hashing overlaps the file reads
+    and the lz4 decoding instead of adding to them; a small block is hashed inline.
+    """
+
+    def __init__(self, fd: Any, size: int) -> None:
         self._fd = fd
-        self._hasher = hasher
+        self._hasher = _md5()
         self.consumed = 0
+        self._queue: queue.Queue[bytes | None] | None = None
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        if size >= _THREADED_HASH_BYTES:
+            self._queue = queue.Queue(maxsize=_HASH_QUEUE_CHUNKS)  # bounds the chunks held
+            self._thread = threading.Thread(target=self._run, name="gpucal-md5", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        assert self._queue is not None
+        while True:
+            chunk = self._queue.get()
+            if chunk is None:
+                return
+            if self._error is None:
+                try:
+                    self._hasher.update(chunk)
+                except BaseException as exc:  # pragma: no cover - hashlib does not fail on bytes
+                    self._error = exc
+
+    def _take(self, chunk: bytes) -> None:
+        if self._queue is not None:
+            self._queue.put(chunk)
+        else:
+            self._hasher.update(chunk)
+        self.consumed += len(chunk)
 
     def read_blocks(self, size: int) -> Iterator[bytes]:
         for chunk in self._fd.read_blocks(size):
-            self._hasher.update(chunk)
-            self.consumed += len(chunk)
+            self._take(chunk)  # ``read`` returns a new bytes object: safe to hand over
             yield chunk
 
     def finish(self, size: int) -> None:
@@ -117,8 +153,20 @@ class _HashingReader:
             for chunk in self._fd.read_blocks(left):
                 if not chunk:
                     break
-                self._hasher.update(chunk)
-                self.consumed += len(chunk)
+                self._take(chunk)
+
+    def close(self) -> None:
+        """Stop the hashing thread (waits for the chunks already queued)."""
+        if self._thread is not None and self._queue is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def digest(self) -> bytes:
+        self.close()
+        if self._error is not None:
+            raise self._error
+        return self._hasher.digest()
 
 
 def _read_block_data(fd: Any, header: Any, validate_checksum: bool, offset: int | None = None,
@@ -143,24 +191,27 @@ def _read_block_data(fd: Any, header: Any, validate_checksum: bool, offset: int 
         data = original(fd, header, False, offset=offset, memmap=memmap)
         hasher = _md5()
         hasher.update(np.asarray(data).data)
+        computed = hasher.digest()
         failure: BaseException | None = None
     else:
         fd.seek(start)
-        hasher = _md5()
-        reader = _HashingReader(fd, hasher)
         used = int(header["used_size"])
+        reader = _HashingReader(fd, used)
         failure = None
         try:
-            data = _compression.decompress(reader, used, int(header["data_size"]), compression)
-        except Exception as exc:  # a damaged stream: the checksum says whether the file is to blame
-            failure = exc
-            reader.finish(used)
-        if reader.consumed < used:  # the file ends inside the block: say so, not "checksum"
-            raise ValueError(
-                f"the file ends inside the block at byte {start} ({reader.consumed} of its {used} bytes present)"
-            )
-        fd.fast_forward(int(header["allocated_size"]) - used)
-    computed = hasher.digest()
+            try:
+                data = _compression.decompress(reader, used, int(header["data_size"]), compression)
+            except Exception as exc:  # a damaged stream: the checksum says whether the file is to blame
+                failure = exc
+                reader.finish(used)
+            if reader.consumed < used:  # the file ends inside the block: say so, not "checksum"
+                raise ValueError(
+                    f"the file ends inside the block at byte {start} ({reader.consumed} of its {used} bytes present)"
+                )
+            fd.fast_forward(int(header["allocated_size"]) - used)
+            computed = reader.digest()
+        finally:
+            reader.close()
     if computed != expected:
         raise BlockChecksumError(start, expected, computed)
     if failure is not None:

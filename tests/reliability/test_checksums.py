@@ -178,3 +178,38 @@ def test_batch_loses_only_the_damaged_file(crds_env, uncal_copy, tmp_path):
     root = other.name.removesuffix("_uncal.asdf")
     assert listing(out) == [f"{root}_cal.asdf", f"{root}_wcs.asdf"]
     assert fingerprints(uncal_copy, other, crds_env.crds_path) == before
+
+
+def test_large_blocks_are_hashed_in_a_thread(small_demo, tmp_path, monkeypatch):
+    """The path full-frame blocks take (MD5 in its own thread beside the decoding), forced
+    here on the small demo's blocks: clean file read exactly, flipped bit and truncation
+    caught, no hashing thread left behind."""
+    import threading
+
+    from gpucal import asdf_verify
+    from gpucal.errors import InputFileError
+    from gpucal.io import open_model
+
+    runs = []
+    original_run = asdf_verify._HashingReader._run
+
+    def counted(self):
+        runs.append(1)
+        return original_run(self)
+
+    monkeypatch.setattr(asdf_verify, "_THREADED_HASH_BYTES", 1)
+    monkeypatch.setattr(asdf_verify, "_HASH_QUEUE_CHUNKS", 2)
+    monkeypatch.setattr(asdf_verify._HashingReader, "_run", counted)
+    good = open_model(small_demo.uncal)
+    assert runs and np.array_equal(np.asarray(good.data), _read_unchecked(small_demo.uncal))
+    bad = tmp_path / small_demo.uncal.name
+    shutil.copy(small_demo.uncal, bad)
+    flip_bit(bad)
+    with pytest.raises(InputFileError, match="ASDF block 0 .* fails its checksum"):
+        open_model(bad)
+    shutil.copy(small_demo.uncal, bad)
+    data = bad.read_bytes()
+    bad.write_bytes(data[: asdf_blocks(bad)[0].data_at + 1000])
+    with pytest.raises(InputFileError, match="cannot read|truncated|ends inside"):
+        open_model(bad)
+    assert not [t for t in threading.enumerate() if t.name == "gpucal-md5"]
