@@ -62,7 +62,7 @@ def toolchain_problem(options: tuple[str, ...] | None = None) -> str | None:
         from gpucal.kernels.cupy_toolchain import cupy_compile_options, find_headers, install_hint
 
         opts = cupy_compile_options() if options is None else options
-        missing = [h for h, hit in find_headers(opts).items() if hit is None]
+        missing = [h for h, hit in find_headers(opts, which_package=False).items() if hit is None]
     except Exception as exc:  # CuPy's internals changed or are broken: say so, never raise
         return f"CuPy's compiler options are unavailable ({type(exc).__name__}: {_first_line(exc)})"
     if missing:

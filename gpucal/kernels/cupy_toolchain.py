@@ -94,17 +94,18 @@ def _distribution_of(path: Path) -> str | None:
     return None
 
 
-def find_headers(options: tuple[str, ...]) -> dict[str, tuple[Path, str | None] | None]:
+def find_headers(options: tuple[str, ...], which_package: bool = True) -> dict[str, tuple[Path, str | None] | None]:
     """Where each of :data:`REQUIRED_HEADERS` resolves on ``options``' include path.
 
     Returns ``{header: (path, "distribution version" or None) or None when not found}``:
-    the first ``-I`` folder that holds it wins, as in the compiler.
+    the first ``-I`` folder that holds it wins, as in the compiler.  ``which_package=False``
+    skips naming the distribution (a scan of every installed package's file list, ~1 s).
     """
     found: dict[str, tuple[Path, str | None] | None] = {}
     dirs = include_dirs(options)
     for header in REQUIRED_HEADERS:
         hit = next((d / header for d in dirs if (d / header).is_file()), None)
-        found[header] = None if hit is None else (hit, _distribution_of(hit))
+        found[header] = None if hit is None else (hit, _distribution_of(hit) if which_package else None)
     return found
 
 
