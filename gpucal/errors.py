@@ -10,6 +10,8 @@ __all__ = [
     "BackendUnavailableError",
     "ParameterError",
     "ReadPatternError",
+    "MissingInputError",
+    "MissingReferenceError",
 ]
 
 
@@ -44,3 +46,11 @@ class BackendUnavailableError(GpucalError):
 
 class ParameterError(GpucalError):
     """A parameter value or parameter file is invalid."""
+
+
+class MissingInputError(InputFileError, FileNotFoundError):
+    """The input file does not exist (a ``FileNotFoundError``, as romancal raises)."""
+
+
+class MissingReferenceError(ReferenceFileError, FileNotFoundError):
+    """An ``override_<reftype>`` file does not exist (a ``FileNotFoundError``, as romancal raises)."""

@@ -19,7 +19,7 @@ import numpy as np
 
 from gpucal.asdf_lz4 import parallel_lz4
 from gpucal.asdf_verify import ArrayReadError, load_arrays, verified_blocks
-from gpucal.errors import GpucalError, InputFileError, NoScienceDataError
+from gpucal.errors import GpucalError, InputFileError, MissingInputError, NoScienceDataError
 
 __all__ = ["open_model", "check_exposure", "check_wfi_layout", "write_model", "save_model", "exposure_geometry"]
 
@@ -30,7 +30,7 @@ _ASDF_MAGIC = b"#ASDF"
 
 def _sniff(path: Path) -> None:
     if not path.exists():
-        raise InputFileError(f"input file not found: {path}")
+        raise MissingInputError(f"input file not found: {path}")
     if path.is_dir():
         raise InputFileError(f"input is a directory, not a file: {path}")
     size = path.stat().st_size

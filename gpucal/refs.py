@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from gpucal.errors import ReferenceFileError
+from gpucal.errors import MissingReferenceError, ReferenceFileError
 
 __all__ = [
     "REFERENCE_MODELS",
@@ -106,7 +106,7 @@ def resolve(model: Any, reftypes: Iterable[str], overrides: dict[str, Any]) -> d
             continue
         path = Path(os.path.expandvars(os.path.expanduser(str(override)))).resolve()
         if not path.is_file():
-            raise ReferenceFileError(f"override_{reftype}: reference file not found: {path}")
+            raise MissingReferenceError(f"override_{reftype}: reference file not found: {path}")
         out[reftype] = Resolved(reftype, str(path), str(path))
     if ask:
         from gpucal.crds_local import best_references

@@ -144,6 +144,7 @@ def test_reference_models_and_small_exposures(crds, in_tmp):
             out[algorithm] = image
         image = call(impl, "dark", out["ols_cas22"], override_dark=refs["dark"])
         image = call(impl, "flat_field", image, override_flat=refs["flat"])
+        image = call(impl, "photom", image, override_photom=rdm.WfiImgPhotomRefModel.create_fake_data())
         out["image"] = image
         results[impl] = out
         assert sorted(os.listdir(in_tmp)) == []  # no reference or product written
@@ -169,7 +170,10 @@ def test_reference_models_and_small_exposures(crds, in_tmp):
     g, w = got["image"], want["image"]
     for model in (g, w):
         assert model.meta.cal_step.dark == "COMPLETE" and model.meta.cal_step.flat_field == "COMPLETE"
+        assert model.meta.cal_step.photom == "COMPLETE"
         assert model.meta.ref_file.dark == "override://DarkRefModel"
+        assert model.meta.ref_file.photom == "override://WfiImgPhotomRefModel"
+    assert dict(g.meta.photometry) == dict(w.meta.photometry)
     failures, _ = array_differences(g, w, ("data", "dq"), rtol=SLOPE_RTOL, atol=1e-6)
     assert not failures, failures
 
@@ -221,6 +225,17 @@ def test_read_pattern_mismatch_is_a_runtime_error(crds, in_tmp):
         with pytest.raises(RuntimeError):
             call(impl, "ramp_fit", ramp, algorithm="ols_cas22",
                  override_readnoise=refs["readnoise"], override_gain=refs["gain"])
+
+
+def test_missing_files_are_file_not_found_errors(crds, tmp_path):
+    """romancal raises FileNotFoundError for a missing input or override file; so does gpucal
+    (its error classes derive from both), with a one-line message."""
+    for impl in IMPLS:
+        with pytest.raises(FileNotFoundError):
+            call(impl, "dq_init", str(tmp_path / "nope_uncal.asdf"))
+        with pytest.raises(FileNotFoundError) as info:
+            call(impl, "dq_init", str(crds.uncal), override_mask=str(tmp_path / "nope_mask.asdf"))
+        assert "nope_mask.asdf" in str(info.value) and "\n" not in str(info.value)
 
 
 # ------------------------------------------------------ item 6: get_reference_file
