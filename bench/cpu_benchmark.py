@@ -195,8 +195,11 @@ def run_child(tool: str, demo: Demo, algorithm: str, workdir: Path, label: str, 
 
     ``wall_s`` spans process start to exit (interpreter start, imports, run, exit);
     ``peak_rss_mib`` is that one child's ``VmHWM`` (its own report, else the polled one).
-    ``backend`` is gpucal's ``--backend`` (romancal ignores it).
+    ``backend`` is gpucal's ``--backend`` (romancal ignores it).  romancal has no ``gls``:
+    given it, romancal runs its default (``likely``; the run's spec.json says so).
     """
+    if tool == "romancal" and algorithm == "gls":
+        algorithm = "likely"
     out_dir = workdir / label
     out_dir.mkdir(parents=True, exist_ok=True)
     spec_path, result_path, log_path = out_dir / "spec.json", out_dir / "result.json", out_dir / "child.log"
@@ -360,7 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--nresultants", type=int, default=8, help="resultants K (default 8)")
     parser.add_argument("--seed", type=int, default=2026, help="demo seed (default 2026)")
     parser.add_argument("--algorithm", default="likely",
-                        help="rampfit algorithm(s), comma separated: likely, ols_cas22 (default likely)")
+                        help="rampfit algorithm(s), comma separated: likely, ols_cas22, gls (default likely; "
+                             "romancal runs likely for gls)")
     parser.add_argument("--repeat", type=int, default=1, help="timed runs per tool and algorithm (default 1)")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/cpu_<date>_<host>.json)")
     parser.add_argument("--skip-romancal", action="store_true", help="time gpucal only")
@@ -421,8 +425,8 @@ def main(argv: list[str] | None = None) -> int:
         return _prepare_main(args.prepare)
 
     algorithms = [a.strip() for a in args.algorithm.split(",") if a.strip()]
-    if not algorithms or any(a not in ("likely", "ols_cas22") for a in algorithms) or args.repeat < 1:
-        build_parser().error("--algorithm takes likely and/or ols_cas22; --repeat must be >= 1")
+    if not algorithms or any(a not in ("likely", "ols_cas22", "gls") for a in algorithms) or args.repeat < 1:
+        build_parser().error("--algorithm takes likely, ols_cas22 and/or gls; --repeat must be >= 1")
     ny, nx = args.size
     romancal_ok, reason = romancal_status(args.skip_romancal)
     with_romancal = romancal_ok and args.size == FULL_FRAME

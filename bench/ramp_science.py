@@ -40,6 +40,8 @@ EXPOSURES: dict[str, tuple[int, list[list[int]] | None, int, float]] = {
                     [18, 19, 20, 21, 22, 23]], 2028, 4.0),
 }  # fmt: skip
 RATE_EDGES = np.geomspace(0.3, 3e4, 21)  # DN/s
+STYLES = {"gls": {"lw": 2.2, "color": "tab:blue"}, "ols_cas22": {"ls": "--", "color": "tab:orange"},
+          "likely": {"ls": ":", "color": "tab:green", "lw": 2.0}}
 
 
 def prepare(workdir: Path, name: str, ny: int, nx: int) -> Any:
@@ -111,10 +113,12 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     centres = np.sqrt(RATE_EDGES[1:] * RATE_EDGES[:-1])
     for col, name in enumerate(exposures):
         block = result["exposures"][name]
-        for algorithm, curve in block["pull_by_rate"].items():
-            med, width = np.array(curve["median"], float), np.array(curve["width"], float)
-            axes[0, col].plot(centres, med, marker="o", ms=3, label=algorithm)
-            axes[1, col].plot(centres, width, marker="o", ms=3, label=algorithm)
+        curves = block["pull_by_rate"]
+        for algorithm in sorted(curves, key=lambda a: a == "gls"):  # gls drawn last, on top
+            med, width = np.array(curves[algorithm]["median"], float), np.array(curves[algorithm]["width"], float)
+            style = dict(marker="o", ms=3, label=algorithm, **STYLES.get(algorithm, {}))
+            axes[0, col].plot(centres, med, **style)
+            axes[1, col].plot(centres, width, **style)
         axes[0, col].axhline(0.0, color="k", lw=0.6)
         axes[0, col].axhspan(-0.005, 0.005, color="0.85", zorder=0)
         axes[1, col].axhline(1.0, color="k", lw=0.6)
@@ -129,6 +133,11 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def replot(json_path: Path) -> Path:
+    """The PNG of a JSON this script wrote, beside it."""
+    return plot(json.loads(json_path.read_text()), json_path.with_suffix(".png"))
 
 
 def main(argv: list[str] | None = None) -> int:

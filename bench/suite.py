@@ -102,8 +102,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--size", type=cb.parse_size, default=(4096, 4096), help="frame NYxNX (or NY)")
     parser.add_argument("--nresultants", type=int, default=8, help="resultants K")
     parser.add_argument("--seed", type=int, default=2026, help="seed of the first exposure (the next: seed+1, ...)")
-    parser.add_argument("--algorithm", choices=("likely", "ols_cas22"), default="likely",
-                        help="rampfit algorithm (likely is romancal 1.1.0's default)")
+    parser.add_argument("--algorithm", choices=("likely", "ols_cas22", "gls"), default="likely",
+                        help="rampfit algorithm (likely is romancal 1.1.0's default, gls gpucal's; "
+                             "romancal runs likely for gls)")
     parser.add_argument("--backends", type=_backend_list, default=None,
                         help="gpucal backends, comma separated (default: gpu,cpu with a usable GPU, else cpu)")
     parser.add_argument("--batch-sizes", type=_int_list, default=[1, 2, 4], help="files per batch, comma separated")
