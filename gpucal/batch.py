@@ -95,6 +95,7 @@ def run_batch(
     on_done: Callable[[FileRecord], None] | None = None,
     save: bool = True,
     kept: dict[str, Any] | None = None,
+    report_interrupt: bool = False,
 ) -> BatchResult:
     """Calibrate ``inputs`` with steps from ``make_step`` (one fresh step per file).
 
@@ -109,8 +110,9 @@ def run_batch(
 
     On SIGINT/SIGTERM (a KeyboardInterrupt in this thread) the input being calibrated is
     abandoned (its staged products dropped), inputs already handed to the writer are
-    finished, nothing else starts, the reader stops (it never blocks on a full queue), and
-    the result holds the signal and the inputs not done.
+    finished, nothing else starts and the reader stops (it never blocks on a full queue);
+    then the KeyboardInterrupt goes on, or, with ``report_interrupt`` (``strun``), the
+    result holds the signal and the inputs not done.
     """
     start_time = time.perf_counter()
     records: dict[str, FileRecord] = {}
@@ -167,6 +169,7 @@ def run_batch(
     for thread in threads:
         thread.start()
     interrupted: int | None = None
+    stopped_by: KeyboardInterrupt | None = None
     try:
         while True:
             item = ready.get()
@@ -189,7 +192,7 @@ def run_batch(
                     continue
             done(work.failed_record(job or path, error))
     except KeyboardInterrupt as exc:
-        interrupted = interrupt_signal(exc)
+        stopped_by, interrupted = exc, interrupt_signal(exc)
         log.warning("Interrupted (signal %d): finishing the products already calibrated, starting nothing new",
                     interrupted)
     finally:
@@ -197,5 +200,7 @@ def run_batch(
         finished.put(_DONE)  # after what was queued: finished inputs are written
         threads[1].join()
         threads[0].join(timeout=5)
+    if stopped_by is not None and not report_interrupt:
+        raise stopped_by
     return BatchResult([records[p] for p in inputs if p in records], time.perf_counter() - start_time,
                        interrupted, [p for p in inputs if p not in records])

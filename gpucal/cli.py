@@ -111,22 +111,12 @@ def _build_command(name: str, step_cls: Any, defaults: dict[str, Any]) -> click.
     def callback(inputs: tuple[str, ...], verbose: bool, debug: bool, log_level: str, log_file: str | None,
                  log_stream: str, save_parameters: str | None, disable_crds_steppars: bool, logcfg: str | None,
                  no_verify_checksums: bool, preview: bool, preview_stretch: str, **opts: Any) -> int:
-        from gpucal.batch import expand_inputs, list_files
-        from gpucal.errors import GpucalError
-        from gpucal.preflight import check_side_file
-
-        files = expand_inputs(inputs)
-        # before the log file is opened (and truncated): it must not be an input
+        # the log and parameter files are checked with the products (never an input or a
+        # reference); the log file is opened only then, so it can never truncate one
         side_files = [(opt, path) for opt, path in (("--log-file", log_file), ("--save-parameters", save_parameters))
                       if path]
-        try:
-            for option, path in side_files:
-                check_side_file(path, option, [*files, *list_files(inputs)])
-        except GpucalError as exc:
-            _error(str(exc))
-            return exc.exit_code
         level = "DEBUG" if verbose else log_level
-        configure_logging(level, None, log_stream)  # the log file once the outputs are checked
+        configure_logging(level, None, log_stream)
         scale = {key: opts.pop(key) for key in scale_cli.DISTRIBUTED_KEYS}
         values = {k: (dict(v) if isinstance(v, dict) else v) for k, v in defaults.items()}
         steps = values.setdefault("steps", {}) if hasattr(step_cls, "step_defs") else None
@@ -234,7 +224,7 @@ def _run_many(step_cls: Any, values: dict[str, Any], inputs: list[str], preview:
             with lock:
                 bar.update(1)
 
-        result = run_batch(inputs, make_step, on_done=done)
+        result = run_batch(inputs, make_step, on_done=done, report_interrupt=True)
     for outcome in result.failed:
         _error(outcome.error or f"{outcome.input} failed")
     n_ok = len(result.done)

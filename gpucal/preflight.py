@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,20 +97,24 @@ def _in_crds_cache(path: Path) -> bool:
         return False
 
 
-def check_side_file(path: str, option: str, inputs: Iterable[str] = ()) -> None:
-    """Refuse a ``--log-file`` / ``--save-parameters`` target that cannot be written or is an input.
+def check_side_file(path: str, option: str, protected: Sequence[tuple[str, Path]] = ()) -> None:
+    """Refuse a ``--log-file`` / ``--save-parameters`` target that cannot be written, or that
+    is one of ``protected`` ((description, path): inputs, list files, references) or in the
+    CRDS cache.
 
     Raises
     ------
     OutputClashError
-        ``path`` is one of ``inputs``.
+        ``path`` is a protected file or in the CRDS cache.
     OutputPlaceError
         Its folder does not exist, or ``path`` is a folder.
     """
     target = Path(os.path.expanduser(path))
-    for item in inputs:
-        if _same(target, item):
-            raise OutputClashError(f"{option} {path} is the input {item}: it would be overwritten")
+    for what, other in protected:
+        if _same(target, other):
+            raise OutputClashError(f"{option} {path} is {what}: it would be overwritten")
+    if _in_crds_cache(target):
+        raise OutputClashError(f"{option} {path} is in the CRDS cache (CRDS_PATH={os.environ['CRDS_PATH']})")
     folder = target.parent
     if not folder.is_dir():
         raise OutputPlaceError(f"{option} {path}: the folder {folder} does not exist")
@@ -146,6 +150,8 @@ def plan_outputs(step: Any, inputs: Sequence[str], list_files: Sequence[str] = (
     protected = [(f"the input {f}", Path(f)) for f in files]
     protected += [(f"the list file {f}", Path(f)) for f in list_files]
     protected += [(f"the reference file given as {opt}", p) for opt, p in _overrides(step)]
+    for option, side in side_files:
+        check_side_file(side, option, protected)
     protected += [(f"the file given as {opt}", Path(p)) for opt, p in side_files]
     for given, path in zip(inputs, files, strict=True):
         # roman_datamodels sets meta.filename to the name of the file it opens

@@ -58,9 +58,15 @@ def test_a_product_never_replaces_a_reference_or_side_file(ws):
     proc = ws.strun("roman_elp", x.name, f"--steps.flatfield.override_flat={flat.name}")
     _refused(ws, proc, 2, "x_cal.asdf", "reference file given as override_flat")
     proc = ws.strun("roman_elp", x.name, "--log-file=x_uncal.asdf")
-    _refused(ws, proc, 2, "--log-file x_uncal.asdf is the input")
+    _refused(ws, proc, 2, "--log-file x_uncal.asdf is the input x_uncal.asdf: it would be overwritten")
     proc = ws.strun("roman_elp", x.name, "--save-parameters=x_uncal.asdf")
     _refused(ws, proc, 2, "--save-parameters x_uncal.asdf is the input")
+    proc = ws.strun("roman_elp", x.name, f"--steps.flatfield.override_flat={flat.name}", "--output_dir=out",
+                    f"--log-file={flat.name}")
+    _refused(ws, proc, 2, f"--log-file {flat.name} is the reference file given as override_flat")
+    cached = next((ws.demo.crds_path / "references").rglob("*dark*.asdf"))
+    proc = ws.strun("roman_elp", x.name, f"--log-file={cached}")
+    _refused(ws, proc, 2, "is in the CRDS cache")
     proc = ws.strun("roman_elp", x.name, "--log-file=x_wcs.asdf")
     _refused(ws, proc, 2, "x_wcs.asdf", "file given as --log-file")
     assert listing(ws.root) == before
