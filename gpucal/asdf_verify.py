@@ -45,6 +45,7 @@ __all__ = [
     "BlockChecksumError",
     "verify_enabled",
     "verified_blocks",
+    "checksums_default",
     "ArrayReadError",
     "tree_arrays",
     "array_block",
@@ -87,8 +88,12 @@ class BlockChecksumError(ValueError):
 
 
 def verify_enabled() -> bool:
-    """Whether block checksums are verified: ``GPUCAL_VERIFY_CHECKSUMS`` (default on)."""
+    """Whether block checksums are verified: this thread's :func:`checksums_default`, else
+    ``GPUCAL_VERIFY_CHECKSUMS`` (default on)."""
     global _warned_env
+    chosen = getattr(_local, "default", None)
+    if chosen is not None:
+        return bool(chosen)
     raw = os.environ.get(ENV_VERIFY, "").strip().lower()
     if raw in _OFF:
         return False
@@ -255,6 +260,21 @@ def _forget() -> None:
 
 if hasattr(os, "register_at_fork"):  # POSIX
     os.register_at_fork(after_in_child=_forget)
+
+
+@contextlib.contextmanager
+def checksums_default(enabled: bool) -> Iterator[None]:
+    """Verify block checksums or not in this thread, whatever the environment says.
+
+    For code that runs where the user's environment does not reach (a Dask worker runs
+    each task with the client's choice).
+    """
+    previous = getattr(_local, "default", None)
+    _local.default = bool(enabled)
+    try:
+        yield
+    finally:
+        _local.default = previous
 
 
 @contextlib.contextmanager

@@ -181,9 +181,12 @@ def _run_on_cluster(client: Any, the_plan: Plan, previous: dict[str, dict[str, A
     client.register_plugin(GpucalWorkerPlugin(backend, recycle_after), name=PLUGIN_NAME)
     futures = {}
     token = f"{os.getpid()}-{time.time_ns()}"
+    from gpucal.asdf_verify import verify_enabled
+
+    verify = verify_enabled()  # the client's choice travels with each task
     for i, path in enumerate(the_plan.inputs):
         future = client.submit(calibrate_task, path, the_plan.target, the_plan.values, previous.get(path), clobber,
-                               key=f"gpucal-{Path(path).name}-{i}-{token}", pure=False, retries=retries)
+                               verify, key=f"gpucal-{Path(path).name}-{i}-{token}", pure=False, retries=retries)
         futures[future] = path
     try:
         for future in as_completed(futures):

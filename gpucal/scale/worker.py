@@ -103,11 +103,12 @@ def _plugin(worker: Any) -> GpucalWorkerPlugin | None:
 
 
 def calibrate_task(path: str, target: str, values: dict[str, Any], previous: dict[str, Any] | None,
-                   clobber: bool) -> dict[str, Any]:
+                   clobber: bool, verify_checksums: bool = True) -> dict[str, Any]:
     """One Dask task: :func:`gpucal.work.calibrate_file` on this worker; the record as a dict.
 
     ``target`` is the step class (``module:Class``); ``previous`` the input's last ledger
-    record.  Raises only for a resource error (out of memory), after asking for the
+    record; ``verify_checksums`` the client's choice (``--no-verify-checksums``), which the
+    worker's own environment cannot know.  Raises only for a resource error (out of memory), after asking for the
     worker to be recycled, so Dask retries the file on a fresh worker.
     """
     from gpucal.registry import load_class
@@ -116,10 +117,13 @@ def calibrate_task(path: str, target: str, values: dict[str, Any], previous: dic
     plugin = _plugin(worker)
     backend = plugin.backend_for(str(values.get("backend", "auto"))) if plugin else None
     lock = plugin.compute_lock if plugin else contextlib.nullcontext()
+    from gpucal.asdf_verify import checksums_default
+
     try:
-        record = work.calibrate_file(path, load_class(target), values, previous=previous, clobber=clobber,
-                                     checksum=True, backend=backend, compute_lock=lock,
-                                     reraise_resource_errors=True)
+        with checksums_default(verify_checksums):
+            record = work.calibrate_file(path, load_class(target), values, previous=previous, clobber=clobber,
+                                         checksum=True, backend=backend, compute_lock=lock,
+                                         reraise_resource_errors=True)
     except BaseException as exc:
         if plugin is not None and work.is_resource_error(exc):
             plugin.recycle("recycled after running out of memory")

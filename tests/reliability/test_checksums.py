@@ -213,3 +213,22 @@ def test_large_blocks_are_hashed_in_a_thread(small_demo, tmp_path, monkeypatch):
     with pytest.raises(InputFileError, match="cannot read|truncated|ends inside"):
         open_model(bad)
     assert not [t for t in threading.enumerate() if t.name == "gpucal-md5"]
+
+
+def test_distributed_worker_takes_the_clients_choice(crds_env, uncal_copy, tmp_path, monkeypatch):
+    """A Dask worker's environment is not the user's: each task carries the client's
+    choice.  Here the worker's environment says 'verify', the task says 'do not'."""
+    distributed = pytest.importorskip("distributed")
+    from gpucal.scale.worker import calibrate_task
+
+    flip_bit(uncal_copy)
+    monkeypatch.setenv(ENV_VERIFY, "1")
+    values = {"backend": "cpu", "output_dir": str(tmp_path / "out"), "save_results": True}
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cl, \
+            distributed.Client(cl) as client:
+        checked = client.submit(calibrate_task, str(uncal_copy), "gpucal.pipeline.exposure:ExposurePipeline",
+                                values, None, True, True, pure=False).result()
+        unchecked = client.submit(calibrate_task, str(uncal_copy), "gpucal.pipeline.exposure:ExposurePipeline",
+                                  values, None, True, False, pure=False).result()
+    assert checked["status"] == "failed" and "fails its checksum" in checked["error"]
+    assert unchecked["status"] == "done", unchecked.get("error")
