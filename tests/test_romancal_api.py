@@ -442,3 +442,24 @@ def test_strun_association(crds, tmp_path):
     out = tmp_path / "out"
     assert run_strun(["roman_elp", str(tmp_path / "asn.json"), "--backend=cpu", f"--output_dir={out}"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["a_cal.asdf", "a_wcs.asdf", "b_cal.asdf", "b_wcs.asdf"]
+
+
+@pytest.mark.parametrize("search", [True, False])
+def test_search_output_file_names_intermediates_alike(crds, tmp_path, search):
+    """stpipe's search_output_file: a saved sub-step product takes the pipeline's
+    output_file as its base name, unless the step turns the search off."""
+    names = {}
+    for impl in IMPLS:
+        out = tmp_path / impl
+        pipe = make_pipeline(impl)
+        for name in ("saturation", "linearity", "rampfit", "dark_current", "assign_wcs", "photom", "flatfield"):
+            getattr(pipe, name).skip = True
+        pipe.output_dir = str(out)
+        pipe.output_file = "custom"
+        pipe.dq_init.save_results = True
+        pipe.dq_init.search_output_file = search
+        with quiet_romancal():
+            pipe.run(str(crds.uncal))
+        names[impl] = sorted(p.name for p in out.iterdir())
+    assert names["gpucal"] == names["romancal"]
+    assert any(n.startswith("custom") for n in names["gpucal"]) is search
