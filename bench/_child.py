@@ -9,7 +9,7 @@ every step, writing) and writes what it measured to the spec's ``result`` path:
   stpipe's ``Step.run`` wrapped so every call made by the pipeline's ``process`` is timed
   (one level below the pipeline; skipped steps take ~0 s and are kept);
 * ``read_s`` / ``write_s``: opening the uncal file / saving the cal and wcs files (gpucal:
-  ``gpucal.io.open_model`` / ``write_model``; romancal: ``open_dataset`` / the pipeline's
+  ``gpucal.io.open_model`` / ``save_model``; romancal: ``open_dataset`` / the pipeline's
   ``save_model``, which also writes the wcs file).  romancal opens arrays lazily, so part
   of its reading lands in its first step;
 * gpucal only: ``backend`` (the spec's ``backend``, default ``cpu``), ``device`` and
@@ -111,7 +111,7 @@ def _run_gpucal(spec: dict[str, Any], run: _Run) -> None:
     run.info["kernel_warm_s"] = warm
 
     gpucal.io.open_model = run.timer.wrap("read", gpucal.io.open_model)
-    gpucal.io.write_model = run.timer.wrap("write", gpucal.io.write_model)
+    gpucal.io.save_model = run.timer.wrap("write", gpucal.io.save_model)  # every product goes through it
     start = time.perf_counter()
     pipeline = ExposurePipeline.from_values({
         "backend": backend, "save_results": True, "output_dir": spec["output_dir"],

@@ -51,6 +51,7 @@ def _check_common(result: dict, stdout: str) -> None:
                 "load_before", "load_after"):
         assert key in rec, key
     assert rec["peak_rss_mib"] > 0 and rec["run_s"] > 0
+    assert rec["read_s"] > 0 and rec["write_s"] > 0  # the products are written through the timed save_model
     summary = gpucal["summary"]
     assert summary["status"] == "ok"
     assert {"dq_init", "saturation", "refpix", "linearity", "rampfit", "photom", "flatfield"} <= set(summary["steps"])
