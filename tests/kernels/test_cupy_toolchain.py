@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -95,3 +96,47 @@ def test_probe_on_a_gpu_ran_its_test_kernels():
 
     assert "test kernel" in reason
     assert kernel_problem(cupy) is None
+
+
+class _CupyStandIn:
+    """Just what the probe's launch step calls, on NumPy arrays: CuPy itself needs a device
+    here, so its failures are played by this stand-in raising CuPy's own exceptions."""
+
+    def __init__(self, compile_error: BaseException | None = None, off_by: float = 0.0):
+        self.compile_error, self.off_by = compile_error, off_by
+
+    def asarray(self, a):
+        return np.array(a)
+
+    def empty_like(self, a):
+        return np.empty_like(a)
+
+    def asnumpy(self, a):
+        return np.asarray(a)
+
+    def RawKernel(self, source, name):  # noqa: N802 - CuPy's name
+        assert "__global__" in source and name in source
+        if self.compile_error is not None:
+            raise self.compile_error
+
+        def launch(grid, block, args):
+            x, y, n = args
+            assert grid[0] * block[0] >= int(n)
+            y[...] = 2 * x + 1 + self.off_by
+
+        return launch
+
+
+def test_probe_launch_step_reports_a_compile_failure_in_one_line():
+    from cupy.cuda.compiler import CompileException
+
+    log = 'kern.cu(1): catastrophic error: cannot open source file "cuda_fp16.h"\n\n1 catastrophic error detected'
+    reason = kernel_problem(_CupyStandIn(CompileException(log, "src", "gpucal_probe", ())))
+    assert reason is not None and "\n" not in reason
+    assert "CompileException" in reason and 'cannot open source file "cuda_fp16.h"' in reason
+
+
+def test_probe_launch_step_checks_the_numbers():
+    assert kernel_problem(_CupyStandIn()) is None
+    reason = kernel_problem(_CupyStandIn(off_by=1.0))
+    assert reason is not None and "wrong numbers" in reason and "of 64 values differ" in reason
