@@ -182,12 +182,17 @@ def test_killed_client_then_resume_then_clobber(exposures, tmp_path):
                 break
             time.sleep(0.05)
         assert proc.poll() is None, "the run ended before it could be killed"
+        workers = descendants(proc.pid)
+        assert workers, "the client started no worker processes"
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
-    time.sleep(3)  # the workers notice their parent is gone and exit at once
+    deadline = time.monotonic() + 20  # the workers notice their parent is gone and exit at once
+    while time.monotonic() < deadline and any(alive(pid) for pid in workers):
+        time.sleep(0.1)
+    assert not any(alive(pid) for pid in workers), "worker processes outlived the killed client"
     finished = Ledger(ledger_path).latest()
     assert 2 <= len(finished) < N_FILES
     cal_files = {p.name for p in out.glob("*_cal.asdf")}
@@ -208,6 +213,39 @@ def test_killed_client_then_resume_then_clobber(exposures, tmp_path):
     lines = [json.loads(line) for line in ledger_path.read_text().splitlines()]
     assert [r["status"] for r in lines[-N_FILES:]] == [DONE] * N_FILES
     assert_same_products(out, single, product_names(inputs))
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux /proc)."""
+    out, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                children = [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            out += children
+            todo += children
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] not in "ZX"
+    except (OSError, IndexError):
+        return False
+
+
+def test_workers_recycled_after_k_files(exposures, client, tmp_path):
+    inputs, single = exposures
+    out = tmp_path / "out"
+    records = gpucal.calibrate_many(inputs[:4], client, backend="cpu", output_dir=str(out), recycle_after=1)
+    assert [r.status for r in records] == [DONE] * 4, [r.error for r in records]
+    # each worker process calibrates one file and is replaced: more processes than workers
+    assert len({(r.host, r.pid) for r in records}) >= 3
+    assert_same_products(out, single, product_names(inputs[:4]))
+    client.wait_for_workers(2, timeout=60)
 
 
 def test_options_need_the_extra_and_each_other(small_demo, tmp_path, capsys):
@@ -251,3 +289,32 @@ def test_workers_pinned_round_robin_to_gpus():
 
     assert [pinned_devices(i, [0, 1]) for i in range(4)] == ["0,1", "1,0", "0,1", "1,0"]
     assert pinned_devices(2, [3, 5, 7]) == "7,3,5"
+
+
+def test_more_workers_than_gpus_share_them_pinned():
+    """Several worker processes per GPU, each pinned through CUDA_VISIBLE_DEVICES (a real
+    SpecCluster; on a machine without a GPU the variable is all that can be checked)."""
+    from gpucal.scale.cluster import start_local_cluster
+
+    cluster = start_local_cluster(2, backend="gpu", gpus=[3], files_per_worker=1, dashboard_address=":0")
+    try:
+        with distributed.Client(cluster) as the_client:
+            the_client.wait_for_workers(2, timeout=60)
+            seen = the_client.run(lambda: os.environ.get("CUDA_VISIBLE_DEVICES"))
+            assert sorted(seen.values()) == ["3", "3"]
+            assert {w["nthreads"] for w in the_client.scheduler_info()["workers"].values()} == {1}
+    finally:
+        cluster.close()
+
+
+def test_one_worker_per_gpu_needs_dask_cuda():
+    from gpucal.scale import MissingExtraError
+    from gpucal.scale.cluster import start_local_cluster
+
+    try:
+        import dask_cuda  # noqa: F401
+    except ImportError:
+        with pytest.raises(MissingExtraError, match=r"pip install 'gpucal\[distributed-cuda\]'"):
+            start_local_cluster(1, backend="gpu", gpus=[0])
+    else:
+        pytest.skip("dask-cuda is installed: its LocalCUDACluster needs a real GPU")

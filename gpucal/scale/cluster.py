@@ -70,7 +70,7 @@ def start_local_cluster(n_workers: int, *, backend: str = "auto", files_per_work
             from distributed import LocalCluster
 
             return LocalCluster(n_workers=n_workers, threads_per_worker=files_per_worker, processes=True,
-                                dashboard_address=dashboard_address)
+                                dashboard_address=dashboard_address, env=_share_cores(n_workers))
         if n_workers <= len(gpus):
             require("dask_cuda")
             from dask_cuda import LocalCUDACluster
@@ -78,6 +78,18 @@ def start_local_cluster(n_workers: int, *, backend: str = "auto", files_per_work
             return LocalCUDACluster(n_workers=n_workers, threads_per_worker=files_per_worker,
                                     CUDA_VISIBLE_DEVICES=gpus[:n_workers], dashboard_address=dashboard_address)
         return _shared_gpu_cluster(n_workers, gpus, files_per_worker, dashboard_address)
+
+
+def _share_cores(n_workers: int) -> dict[str, str]:
+    """Each worker's share of this machine's cores for gpucal's I/O threads (unless set).
+
+    Dask already limits OpenMP/BLAS threads to one per worker; gpucal's lz4 codec would
+    otherwise start one thread per core in every worker.
+    """
+    if os.environ.get("GPUCAL_IO_THREADS"):
+        return {}
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return {"GPUCAL_IO_THREADS": str(max(1, cores // n_workers))}
 
 
 def pinned_devices(i: int, gpus: list[int]) -> str:

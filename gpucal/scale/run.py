@@ -202,19 +202,16 @@ def _record_of(future: Any, path: str, retries: int) -> FileRecord:
     """The record a finished task returned, or a failed record for a task that raised."""
     if future.status == "finished":
         return FileRecord.from_dict(future.result())
-    try:
-        exc = future.exception()
-    except BaseException as cancelled:  # a cancelled task has no exception to give
-        exc = cancelled
+    if future.status != "error":  # cancelled (or lost with no result to come)
+        return work.failed_record(path, GpucalError(f"{path}: its task was {future.status}"))
+    exc = future.exception()
     if type(exc).__name__ == "KilledWorker":
         record = FileRecord(input=path, exit_code=1, cause="worker died",
                             error=f"{path}: the workers calibrating it died repeatedly (killed, or out of memory); "
                                   "given up")
         log.error("%s", record.error)
         return record
-    if isinstance(exc, BaseException):
-        record = work.failed_record(path, exc)
-        if work.is_resource_error(exc):
-            record.error = f"{record.error} (after {retries} retries on fresh workers)"
-        return record
-    return work.failed_record(path, GpucalError(f"{path}: task {future.status}"))
+    record = work.failed_record(path, exc)
+    if work.is_resource_error(exc):
+        record.error = f"{record.error} (after {retries} retries on fresh workers)"
+    return record

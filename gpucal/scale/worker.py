@@ -83,16 +83,31 @@ class GpucalWorkerPlugin(WorkerPlugin):
                 self.recycle(f"recycled after {self.files} files")
 
     def recycle(self, reason: str) -> None:
-        """Close this worker gracefully once its running tasks end; the nanny restarts it."""
+        """Restart this worker process once its running files end (its nanny starts a new one).
+
+        The worker is paused first (Dask starts no new task on a paused worker), so the
+        files it is calibrating finish rather than being cut off; then it closes
+        gracefully, handing its queued tasks back to the scheduler.
+        """
         if self.worker is None or self.recycling is not None:
             return
         self.recycling = reason
         log.info("gpucal worker %s: %s", self.worker.address, reason)
-        self.worker.loop.add_callback(self._close, reason)
+        self.worker.loop.add_callback(self._drain_and_close, reason)
 
-    async def _close(self, reason: str) -> None:
+    async def _drain_and_close(self, reason: str) -> None:
+        import asyncio
+
+        from distributed.core import Status
+
+        worker = self.worker
         try:
-            await self.worker.close_gracefully(restart=True, reason=f"gpucal-{reason.replace(' ', '-')}")
+            if worker.status == Status.running:
+                worker.status = Status.paused
+            # the task that asked is still executing: wait for it and its neighbours
+            while worker.state.executing_count > 0 and worker.status == Status.paused:
+                await asyncio.sleep(0.05)
+            await worker.close_gracefully(restart=True, reason=f"gpucal-{reason.replace(' ', '-')}")
         except Exception as exc:  # the worker may be closing already
             log.debug("gpucal worker recycle: %s", exc)
 
