@@ -196,6 +196,20 @@ def _run_on_cluster(client: Any, the_plan: Plan, previous: dict[str, dict[str, A
     except BaseException:
         client.cancel(list(futures))  # an interrupted client leaves no task running for it
         raise
+    _recover(the_plan.output_dir)
+
+
+def _recover(folder: Path) -> None:
+    """Clear what workers killed during the run left staged in ``folder`` (their hidden set
+    folders; only those of dead processes on this host can be judged here, the rest are
+    recovered by the next run on their host)."""
+    from gpucal.products import folder_lock, recover_folder
+
+    try:
+        with folder_lock(folder):
+            recover_folder(folder)
+    except OSError as exc:
+        log.warning("could not tidy %s after the run: %s", folder, exc)
 
 
 def _record_of(future: Any, path: str, retries: int) -> FileRecord:
