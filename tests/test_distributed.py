@@ -245,7 +245,7 @@ def test_workers_recycled_after_k_files(exposures, client, tmp_path):
     # each worker process calibrates one file and is replaced: more processes than workers
     assert len({(r.host, r.pid) for r in records}) >= 3
     assert_same_products(out, single, product_names(inputs[:4]))
-    client.wait_for_workers(2, timeout=60)
+    client.wait_for_workers(2, timeout=240)  # the restarted workers, for the tests after this one
 
 
 def test_options_need_the_extra_and_each_other(small_demo, tmp_path, capsys):

@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import logging
 import threading
+import time
 from typing import Any
 
 from distributed import WorkerPlugin, get_worker
@@ -107,7 +108,11 @@ class GpucalWorkerPlugin(WorkerPlugin):
             # the task that asked is still executing: wait for it and its neighbours
             while worker.state.executing_count > 0 and worker.status == Status.paused:
                 await asyncio.sleep(0.05)
-            await worker.close_gracefully(restart=True, reason=f"gpucal-{reason.replace(' ', '-')}")
+            # the scheduler has the nanny replace this process (Dask's own restart path);
+            # the tasks queued here go back to the scheduler
+            await worker.scheduler.restart_workers(
+                workers=[worker.address], timeout=120, wait_for_workers=False, on_error="return",
+                stimulus_id=f"gpucal-recycle-{time.time()}")
         except Exception as exc:  # the worker may be closing already
             log.debug("gpucal worker recycle: %s", exc)
 
