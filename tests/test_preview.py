@@ -123,3 +123,25 @@ def test_without_matplotlib_one_line_names_the_extra(crds_env, uncal_copy, capsy
 def test_preview_of_a_non_image_is_one_line(crds_env, uncal_copy, capsys):
     status, _, err = _gpucal_main(["preview", str(uncal_copy)], capsys)
     assert status == 1 and "ScienceRawModel" in err and "Level 2 ImageModel" in err and len(err.splitlines()) == 1
+
+
+def test_strun_preview_refused_for_a_distributed_run(crds_env, uncal_copy, capsys):
+    out = uncal_copy.parent / "out"
+    status = run_strun(["roman_elp", str(uncal_copy), "--backend=cpu", f"--output_dir={out}", "--preview",
+                        "--workers=2"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("strun: error:")]
+    assert status == 1 and len(err) == 1 and "--preview works in one process" in err[0]
+    assert not out.exists()
+
+
+def test_strun_preview_in_a_batch(crds_env, uncal_copy):
+    import shutil
+
+    second = uncal_copy.parent / uncal_copy.name.replace("_0001_", "_0002_")
+    shutil.copy(uncal_copy, second)
+    out = uncal_copy.parent / "out"
+    status = run_strun(["roman_elp", str(uncal_copy), str(second), "--backend=cpu", f"--output_dir={out}",
+                        "--preview", "--preview-stretch=asinh"])
+    assert status == 0
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert pngs == sorted(p.name.replace("_uncal.asdf", "_cal.png") for p in (uncal_copy, second))
