@@ -117,15 +117,17 @@ class Step(Generic[P]):
     def call(cls, input: Any, config_file: str | None = None, **kwargs: Any) -> Any:
         """Run the step on ``input`` (a file path or a model) and return the result model.
 
-        ``config_file`` is a parameter file (ASDF/YAML/INI as stpipe writes them); keyword
-        arguments override it.  Nothing is saved unless ``save_results=True`` or
-        ``output_file`` is given.
+        ``config_file`` is a parameter file (ASDF/YAML/INI as stpipe writes them), read as
+        ``strun`` reads it (romancal's source_catalog/tweakreg sections and parameters
+        gpucal does not have are passed over with a log line); keyword arguments override
+        it.  Nothing is saved unless ``save_results=True`` or ``output_file`` is given.
         """
         values: dict[str, Any] = {}
         if config_file is not None:
-            from gpucal.config import read_parameter_file
+            from gpucal.config import adapt_file_values, read_parameter_file
 
             _, values = read_parameter_file(config_file)
+            values = adapt_file_values(cls, values, str(config_file))
         values = _merge(values, kwargs)
         return cls.from_values(values).run(input)
 

@@ -463,3 +463,21 @@ def test_search_output_file_names_intermediates_alike(crds, tmp_path, search):
         names[impl] = sorted(p.name for p in out.iterdir())
     assert names["gpucal"] == names["romancal"]
     assert any(n.startswith("custom") for n in names["gpucal"]) is search
+
+
+def test_romancal_parameter_file_from_python(crds, tmp_path, monkeypatch):
+    """``ExposurePipeline.call(x, config_file=...)`` with romancal's exported parameter file
+    (source_catalog and tweakreg sections included) runs as strun runs it."""
+    from romancal.pipeline import ExposurePipeline
+
+    monkeypatch.chdir(tmp_path)
+    pars = tmp_path / "elp.asdf"
+    with quiet_romancal():
+        pipe = ExposurePipeline()
+        for name in ("refpix", "dark_decay", "rampfit", "dark_current", "assign_wcs", "photom", "flatfield"):
+            getattr(pipe, name).skip = True
+        pipe.export_config(str(pars))
+    model, catalog, segmentation = cls("gpucal", "roman_elp").call(str(crds.uncal), config_file=str(pars),
+                                                                    backend="cpu")
+    assert type(model).__name__ == "RampModel" and catalog is None and segmentation is None
+    assert model.meta.cal_step.saturation == "COMPLETE" and model.meta.cal_step.ramp_fit == "SKIPPED"
