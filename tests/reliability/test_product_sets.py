@@ -127,3 +127,23 @@ def test_read_only_output_folder_is_one_line_before_calibrating(ws, tmpfs):
     assert "running with backend" not in proc.stderr
     assert listing(mnt) == ["out/"]
     ws.assert_untouched()
+
+
+def test_commit_never_installs_over_a_protected_file(small_demo, tmp_path):
+    """The last guard (references CRDS chose during the run, a batch's inputs): a staged
+    product whose final name is a protected file is refused, and nothing is installed."""
+    import roman_datamodels.datamodels as rdm
+
+    from gpucal.errors import GpucalError
+    from gpucal.products import ProductSet
+
+    reference = tmp_path / "ref.asdf"
+    reference.write_bytes(b"a reference")
+    products = ProductSet(protected=[reference])
+    with rdm.open(small_demo.uncal) as model:
+        products.stage(model, tmp_path / "x_cal.asdf", primary=True)
+        products.stage(model, tmp_path / "ref.asdf")
+    with pytest.raises(GpucalError, match="refusing to write .*ref.asdf: it is the input or reference file"):
+        products.commit()
+    assert listing(tmp_path) == ["ref.asdf"]
+    assert reference.read_bytes() == b"a reference"
