@@ -318,3 +318,23 @@ def test_one_worker_per_gpu_needs_dask_cuda():
             start_local_cluster(1, backend="gpu", gpus=[0])
     else:
         pytest.skip("dask-cuda is installed: its LocalCUDACluster needs a real GPU")
+
+
+def test_strun_on_a_running_scheduler_by_address_and_by_file(exposures, client, tmp_path):
+    """``--scheduler ADDRESS`` and ``--scheduler-file`` submit to a cluster someone else
+    started (here the user's LocalCluster); the second run resumes from the first's ledger."""
+    inputs, single = exposures
+    out = tmp_path / "out"
+    chosen = [str(p) for p in inputs[:2]]
+    proc = subprocess.run(strun(*chosen, "--backend=cpu", f"--output_dir={out}", "--scheduler",
+                                client.scheduler.address), capture_output=True, text=True, env=env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "2 inputs: 2 done, 0 skipped, 0 failed" in proc.stderr
+    assert_same_products(out, single, product_names(inputs[:2]))
+    scheduler_file = tmp_path / "scheduler.json"
+    # what `dask scheduler --scheduler-file` writes (the client reads its address)
+    scheduler_file.write_text(json.dumps({"type": "Scheduler", "address": client.scheduler.address}))
+    again = subprocess.run(strun(*chosen, "--backend=cpu", f"--output_dir={out}", "--scheduler-file",
+                                 str(scheduler_file)), capture_output=True, text=True, env=env(), timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "2 inputs: 0 done, 2 skipped, 0 failed" in again.stderr
