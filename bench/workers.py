@@ -159,6 +159,7 @@ def _warm(path: str, backend: str, out_dir: str) -> str:
 
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     ny, nx = args.size
+    load_before = os.getloadavg()
     t0 = time.perf_counter()
     inputs, _demo = prepare(workdir, ny, nx, args.nresultants, args.seed, args.files)
     prepare_s = time.perf_counter() - t0
@@ -176,7 +177,8 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": cb.machine_info(),
         "software": cb.software_info(),
-        "load_before": os.getloadavg(),
+        "load_before": load_before,
+        "load_after": os.getloadavg(),
         "options": {"size": [ny, nx], "nresultants": args.nresultants, "files": args.files,
                     "workers": args.workers, "backend": args.backend, "files_per_worker": args.files_per_worker,
                     "repeat": args.repeat, "seed": args.seed},
@@ -186,7 +188,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "runs": runs,
         "notes": ["files per hour = files x 3600 / wall of calibrate_many on a warmed-up cluster",
                   "io_floor_files_per_hour = min(workers, cores) x 3600 / I/O floor seconds: the ceiling",
-                  "a shared machine: other jobs' load (load_before) slows every figure"],
+                  "a shared machine: other jobs' load (1, 5, 15-minute load averages before and after) slows every figure"],
     }
 
 
