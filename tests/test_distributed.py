@@ -250,6 +250,11 @@ def test_workers_recycled_after_k_files(exposures, client, tmp_path):
 
 def test_options_need_the_extra_and_each_other(small_demo, tmp_path, capsys):
     src = str(small_demo.uncal)
+    assert run_strun(["roman_elp", "-h"]) == 0
+    usage = capsys.readouterr().out
+    for option in ("--workers N", "--scheduler ADDRESS", "--scheduler-file PATH", "--files-per-worker N",
+                   "--retries N", "--recycle-after K", "--clobber", "--dashboard-address"):
+        assert option in usage, option
     assert run_strun(["roman_elp", src, "--clobber"]) == 2
     assert "--clobber needs --workers, --scheduler or --scheduler-file" in capsys.readouterr().err
     assert run_strun(["roman_elp", src, "--workers", "2", "--scheduler", "tcp://127.0.0.1:1"]) == 2
