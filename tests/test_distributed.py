@@ -343,3 +343,13 @@ def test_strun_on_a_running_scheduler_by_address_and_by_file(exposures, client, 
                                  str(scheduler_file)), capture_output=True, text=True, env=env(), timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "2 inputs: 0 done, 2 skipped, 0 failed" in again.stderr
+
+
+def test_extras_name_dask():
+    """The extras the error lines name exist, and CI's test extra installs Dask."""
+    import tomllib
+
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(req.startswith("dask[distributed]") for req in extras["distributed"])
+    assert any(req.startswith("dask-cuda") for req in extras["distributed-cuda"])
+    assert any(req.startswith("dask[distributed]") for req in extras["test"])

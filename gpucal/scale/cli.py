@@ -94,7 +94,7 @@ def run_distributed(step_cls: Any, values: dict[str, Any], inputs: list[str], op
             raise GpucalError(f"cannot start or reach the Dask cluster ({where}): {type(exc).__name__}: {exc}") \
                 from None
         n_workers = len(client.scheduler_info(n_workers=-1).get("workers", {}))
-        click.echo(f"Dask dashboard: {client.dashboard_link} ({n_workers} workers)", err=True)
+        click.echo(f"Dask dashboard: {_dashboard(client)} ({n_workers} workers)", err=True)
         start = time.perf_counter()
         with click.progressbar(length=len(the_plan.inputs), file=sys.stderr,
                                label=f"Calibrating on {client.scheduler.address}", show_pos=True,
@@ -118,6 +118,15 @@ def run_distributed(step_cls: Any, values: dict[str, Any], inputs: list[str], op
     if not codes:
         return 0
     return codes.pop() if len(codes) == 1 else 1
+
+
+def _dashboard(client: Any) -> str:
+    """The dashboard's address, or why there is none (it needs bokeh)."""
+    try:
+        link = client.dashboard_link
+    except (KeyError, OSError):
+        link = None
+    return link or "not served (it needs bokeh: pip install 'gpucal[distributed]')"
 
 
 def _default(opts: dict[str, Any], name: str, default: int) -> int:
