@@ -12,26 +12,15 @@ import pytest
 from cpu_fallback.refpix import amp33_cast
 from gpucal.backends.device.backend import DeviceBackend, DeviceMemoryError, chain_bytes_per_pixel
 from gpucal.backends.emulated import EmulatedRuntime
-from gpucal.backends.select import probe_gpu
+from tests.backends._runtimes import device_runtime
 from tests.backends.test_device_pipeline import run_pipeline
-
-
-def _runtime(kind):
-    if kind == "emulated":
-        return EmulatedRuntime()
-    ok, reason = probe_gpu()
-    if not ok:
-        pytest.skip(f"GPU backend unavailable: {reason}")
-    from gpucal.backends.cupy_backend import CupyRuntime
-
-    return CupyRuntime()
 
 
 @pytest.mark.parametrize("kind", ["emulated", "gpu"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_amp33_cast_is_numpys_wrap_on_every_device(kind, dtype):
     """romancal's uint16(|amp33|) wraps above 65535 (NumPy on x86-64); a GPU's cast saturates."""
-    rt = _runtime(kind)
+    rt = device_runtime(kind)
     rng = np.random.default_rng(7)
     values = np.concatenate([
         rng.uniform(-80_000, 80_000, 4000),

@@ -18,8 +18,8 @@ from bench._common import DeviceTimePerFile, warm_device
 from gpucal.backends.device.backend import DeviceBackend
 from gpucal.backends.device.wfi18 import wfi18_transient as device_wfi18
 from gpucal.backends.emulated import EmulatedRuntime
-from gpucal.backends.select import probe_gpu
 from gpucal.readpattern import read_timing
+from tests.backends._runtimes import device_runtime
 from tests.cpu_fallback.test_dark_decay import _transient_frame
 
 HOST_S = 0.3  # host work planted inside a timed step
@@ -28,20 +28,11 @@ HOST_S = 0.3  # host work planted inside a timed step
 RUNTIMES = [pytest.param("emulated", id="emulated"), pytest.param("gpu", id="gpu", marks=pytest.mark.gpu)]
 
 
-def _runtime(kind):
-    if kind == "emulated":
-        return EmulatedRuntime()
-    ok, reason = probe_gpu()
-    if not ok:
-        pytest.skip(f"GPU backend unavailable: {reason}")
-    from gpucal.backends.cupy_backend import CupyRuntime
-
-    return CupyRuntime()
 
 
 @pytest.mark.parametrize("kind", RUNTIMES)
 def test_untimed_host_work_is_left_out(kind):
-    rt = _runtime(kind)
+    rt = device_runtime(kind)
     x = rt.upload(np.ones((256, 256), np.float32), "input")
     with rt.active():  # first use (the emulator loads CuPy's API to check against; CuPy compiles)
         _ = x * 2.0 + 1.0
@@ -70,7 +61,7 @@ def test_untimed_host_work_is_left_out(kind):
 def test_uploads_and_downloads_are_not_a_steps_time():
     """CUDA events: the copies (and the pinned staging) of a step are not its kernel time.
     (On the emulated device a copy is a host memcpy, the same kind of time as its kernels.)"""
-    rt = _runtime("gpu")
+    rt = device_runtime("gpu")
     big = np.ones((64, 1024, 1024), np.float32)  # 256 MiB: a copy (and its staging) takes a while
     start = time.perf_counter()
     with rt.timed("step"):
