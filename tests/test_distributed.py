@@ -237,15 +237,21 @@ def alive(pid: int) -> bool:
         return False
 
 
-def test_workers_recycled_after_k_files(exposures, client, tmp_path):
+def test_workers_recycled_after_k_files(exposures, tmp_path):
+    """On a cluster of its own: recycling restarts every worker, and they come back."""
     inputs, single = exposures
     out = tmp_path / "out"
-    records = gpucal.calibrate_many(inputs[:4], client, backend="cpu", output_dir=str(out), recycle_after=1)
-    assert [r.status for r in records] == [DONE] * 4, [r.error for r in records]
-    # each worker process calibrates one file and is replaced: more processes than workers
-    assert len({(r.host, r.pid) for r in records}) >= 3
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=2, processes=True, dashboard_address=":0")
+    try:
+        with distributed.Client(cluster) as own:
+            records = gpucal.calibrate_many(inputs[:4], own, backend="cpu", output_dir=str(out), recycle_after=1)
+            assert [r.status for r in records] == [DONE] * 4, [r.error for r in records]
+            # each worker process calibrates one file and is replaced: more processes than workers
+            assert len({(r.host, r.pid) for r in records}) >= 3
+            own.wait_for_workers(2, timeout=120)
+    finally:
+        cluster.close()
     assert_same_products(out, single, product_names(inputs[:4]))
-    client.wait_for_workers(2, timeout=240)  # the restarted workers, for the tests after this one
 
 
 def test_options_need_the_extra_and_each_other(small_demo, tmp_path, capsys):
