@@ -93,7 +93,9 @@ def test_a_small_budget_skips_what_does_not_fit(tmp_path):
     (a phase cut at its limit is 'timed out', a failure), the rest are skipped."""
     proc = _run(tmp_path, budget=40)
     phases = _phases(tmp_path)
-    assert phases["bench"] == "skipped: out of time", phases
+    # the last phase never runs to completion: skipped when under 10 s are left when it starts,
+    # else cut at what is left (which of the two depends on how fast the machine ran the others)
+    assert phases["bench"] == "skipped: out of time" or phases["bench"].startswith("timed out"), phases
     allowed = ("ok", "skipped: out of time", "skipped: no GPU", "skipped: dry mode", "timed out after")
     assert all(status.startswith(allowed) for status in phases.values()), phases
     cut = any(status.startswith("timed out") for status in phases.values())
