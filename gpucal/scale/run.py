@@ -179,18 +179,35 @@ def _run_on_cluster(client: Any, the_plan: Plan, previous: dict[str, dict[str, A
 
     backend = str(the_plan.values.get("backend", "auto"))
     client.register_plugin(GpucalWorkerPlugin(backend, recycle_after), name=PLUGIN_NAME)
-    futures = {}
+    futures: dict[Any, str] = {}
     token = f"{os.getpid()}-{time.time_ns()}"
     from gpucal.asdf_verify import verify_enabled
 
     verify = verify_enabled()  # the client's choice travels with each task
-    for i, path in enumerate(the_plan.inputs):
+    resubmitted: dict[str, int] = {}
+
+    def submit(i: int, path: str) -> Any:
+        attempt = resubmitted.get(path, 0)
         future = client.submit(calibrate_task, path, the_plan.target, the_plan.values, previous.get(path), clobber,
-                               verify, key=f"gpucal-{Path(path).name}-{i}-{token}", pure=False, retries=retries)
+                               verify, key=f"gpucal-{Path(path).name}-{i}-{token}-{attempt}", pure=False,
+                               retries=retries)
         futures[future] = path
+        return future
+
+    index = {path: i for i, path in enumerate(the_plan.inputs)}
+    for i, path in enumerate(the_plan.inputs):
+        submit(i, path)
     try:
-        for future in as_completed(futures):
+        pending = as_completed(list(futures))
+        for future in pending:
             path = futures.pop(future)
+            if future.status == "cancelled" and resubmitted.get(path, 0) < max(1, retries):
+                # the cluster dropped the task (a worker restarted under it while recycling):
+                # nothing was written under a final name, so it runs again, a bounded number of times
+                resubmitted[path] = resubmitted.get(path, 0) + 1
+                log.warning("%s: its task was dropped by the cluster; submitted again (%d)", path, resubmitted[path])
+                pending.add(submit(index[path], path))
+                continue
             ended(_record_of(future, path, retries))
             future.release()
     except BaseException:
