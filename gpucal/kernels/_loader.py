@@ -207,8 +207,6 @@ def nvrtc_compile(name: str, arch: int | str, extra_options: tuple[str, ...] = (
     log : str
         NVRTC's program log: diagnostics, then the ptxas report (see :func:`parse_ptxas_log`).
     """
-    from cupy.cuda import nvrtc
-
     options = (
         *CUPY_OPTIONS,
         *include_options(),
@@ -217,7 +215,14 @@ def nvrtc_compile(name: str, arch: int | str, extra_options: tuple[str, ...] = (
         "--ptxas-options=-v",
         *extra_options,
     )
-    prog = nvrtc.createProgram(kernel_source(name), f"{name}.cu", (), ())
+    return nvrtc_program(kernel_source(name), f"{name}.cu", options)
+
+
+def nvrtc_program(source: str, filename: str, options: tuple[str, ...]) -> tuple[bool, str]:
+    """Compile CUDA ``source`` with NVRTC and ``options``: whether it compiled, and NVRTC's log."""
+    from cupy.cuda import nvrtc
+
+    prog = nvrtc.createProgram(source, filename, (), ())
     try:
         try:
             nvrtc.compileProgram(prog, options)

@@ -142,20 +142,10 @@ def elementwise_source(ufunc_name: str, in_dtypes: tuple[str, ...]) -> str:
 
 def compile_elementwise(source: str, arch: int | str, options: tuple[str, ...]) -> tuple[bool, str]:
     """Compile ``source`` with NVRTC for ``sm_<arch>`` and CuPy's options; (ok, program log)."""
-    from cupy.cuda import nvrtc
+    from gpucal.kernels._loader import nvrtc_program
 
     arch_text = str(arch).lower().removeprefix("sm_")
-    prog = nvrtc.createProgram(source, "cupy_kernel.cu", (), ())
-    try:
-        try:
-            nvrtc.compileProgram(prog, (*options, *_CUPY_FIXED_OPTIONS, f"-arch=sm_{arch_text}"))
-            ok = True
-        except nvrtc.NVRTCError:
-            ok = False
-        log = nvrtc.getProgramLog(prog)
-    finally:
-        nvrtc.destroyProgram(prog)
-    return ok, log
+    return nvrtc_program(source, "cupy_kernel.cu", (*options, *_CUPY_FIXED_OPTIONS, f"-arch=sm_{arch_text}"))
 
 
 def install_hint() -> str:
