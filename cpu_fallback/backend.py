@@ -78,6 +78,18 @@ class CpuBackend:
 
         return saturation(data, groupdq, pixeldq, threshold, threshold_dq, timing, n_pix_grow_sat, backup)
 
+    def saturation_headroom(
+        self,
+        data: np.ndarray,
+        groupdq: np.ndarray,
+        pixeldq: np.ndarray,
+        threshold: np.ndarray,
+        threshold_dq: np.ndarray,
+    ) -> np.ndarray:
+        from cpu_fallback.saturation import saturation_headroom
+
+        return saturation_headroom(data, groupdq, pixeldq, threshold, threshold_dq)
+
     def refpix(
         self,
         data: np.ndarray,
@@ -119,6 +131,18 @@ class CpuBackend:
         from cpu_fallback.linearity import linearity
 
         return linearity(data, groupdq, pixeldq, lin_coeffs, ilin_coeffs, lin_dq, inl, timing)
+
+    def linearity_threshold(
+        self,
+        data: np.ndarray,
+        groupdq: np.ndarray,
+        headroom: np.ndarray,
+        lin_coeffs: np.ndarray | None,
+        lin_dq: np.ndarray | None,
+    ) -> np.ndarray:
+        from cpu_fallback.linearity import linearity_threshold
+
+        return linearity_threshold(data, groupdq, headroom, lin_coeffs, lin_dq)
 
     def jump(
         self,

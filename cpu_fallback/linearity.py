@@ -35,11 +35,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from cpu_fallback.saturation import last_clean_value
 from gpucal.backends.protocol import InlTable, LinearityResult
 from gpucal.dq import GroupFlag, PixelFlag
 from gpucal.readpattern import ReadTiming
 
-__all__ = ["linearity", "check_inl", "CLIP_LIMIT"]
+__all__ = ["linearity", "linearity_threshold", "check_inl", "CLIP_LIMIT"]
 
 #: romancal clips linearised values beyond this magnitude (DN) and flags them DO_NOT_USE.
 CLIP_LIMIT = 1e6
@@ -114,6 +115,63 @@ def linearity(
             _read_level(data[:, block], groupdq[:, block], lin, ilin, inl, pattern, mean_read)
         _clip(data[:, block], groupdq[:, block])
     return LinearityResult(data, groupdq, pixeldq)
+
+
+def linearity_threshold(
+    data: np.ndarray,
+    groupdq: np.ndarray,
+    headroom: np.ndarray,
+    lin_coeffs: np.ndarray | None,
+    lin_dq: np.ndarray | None,
+) -> np.ndarray:
+    """The saturation threshold in the linearized DN of each pixel's resultants.
+
+    Run on the linearity step's *input*.  With k* the last resultant whose group DQ has no
+    bit but JUMP_DET, the level is ``P(data[k*] + headroom)`` (the sum in float32), P the
+    classic LINEARITY polynomial of the pixel evaluated as :func:`linearity` does for one
+    value (float32 Horner; the identity for NO_LIN_CORR, NaN-coefficient and zero-linear-term
+    pixels).  Anchoring at the pixel's own resultant carries whatever the steps between
+    saturation and linearity did to the ramp (reference-pixel offsets) into the level.
+
+    Parameters
+    ----------
+    data : ndarray, shape (K, ny, nx), float32
+        Resultants (DN) before the linearity correction.  Not modified.
+    groupdq : ndarray, shape (K, ny, nx), uint8
+        Group DQ.  Not modified.
+    headroom : ndarray, shape (ny, nx), float32
+        :func:`cpu_fallback.saturation.saturation_headroom` (DN).
+    lin_coeffs : ndarray, shape (ncoeff, ny, nx), float32, or None
+        LINEARITY coefficients, constant term first (ncoeff >= 2); None: no correction
+        (the level is ``data[k*] + headroom``).  Not modified.
+    lin_dq : ndarray, shape (ny, nx), uint32, or None
+        LINEARITY reference DQ (may be None without ``lin_coeffs``).
+
+    Returns
+    -------
+    ndarray, shape (ny, nx), float32
+        Saturation level (linearized DN); +inf where the pixel has no such resultant or
+        its headroom is not finite; NaN where ``data[k*]`` is NaN.
+    """
+    value, found = last_clean_value(data, groupdq)
+    headroom = np.asarray(headroom, dtype=np.float32)
+    ok = found & np.isfinite(headroom)
+    level = np.add(value, headroom, dtype=np.float32)
+    level[~ok] = 0  # no level there; keeps the polynomial finite
+    if lin_coeffs is not None:
+        if lin_coeffs.ndim != 3 or lin_coeffs.shape[0] < 2:
+            raise ValueError(f"linearity needs at least 2 coefficients, lin_coeffs has shape {lin_coeffs.shape}")
+        if lin_dq is None:
+            raise ValueError("lin_dq is needed with lin_coeffs")
+        flagged = (np.asarray(lin_dq) & _NO_LIN_CORR) == _NO_LIN_CORR
+        nx = level.shape[-1]
+        rows = max(1, _BLOCK_PIXELS // max(nx, 1))
+        for r0 in range(0, level.shape[0], rows):
+            block = slice(r0, r0 + rows)
+            lin, _ = _prepare(lin_coeffs[:, block], flagged[block])
+            level[block] = _horner(level[block], lin)
+    level[~ok] = np.inf
+    return level
 
 
 def _prepare(coeffs: np.ndarray, flagged: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

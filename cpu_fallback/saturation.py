@@ -28,7 +28,7 @@ from gpucal.backends.protocol import SaturationResult
 from gpucal.dq import GroupFlag, PixelFlag
 from gpucal.readpattern import ReadTiming
 
-__all__ = ["saturation", "ATOD_LIMIT"]
+__all__ = ["saturation", "saturation_headroom", "last_clean_value", "ATOD_LIMIT"]
 
 #: Hard DN limit of the 16-bit A/D converter; no-check pixels get ATOD_LIMIT + 1.
 ATOD_LIMIT = 65535.0
@@ -37,6 +37,7 @@ _SAT = np.uint8(GroupFlag.SATURATED)
 _DNU = np.uint8(GroupFlag.DO_NOT_USE)
 _FLOOR = np.uint8(GroupFlag.AD_FLOOR | GroupFlag.DO_NOT_USE)
 _NO_SAT_CHECK = np.uint32(PixelFlag.NO_SAT_CHECK)
+_NOT_JUMP = np.uint8(0xFF & ~int(GroupFlag.JUMP_DET))
 
 
 def saturation(
@@ -144,3 +145,77 @@ def _dilate(mask: np.ndarray, n: int) -> np.ndarray:
         out[:, s:] |= rows[:, :-s]
         out[:, :-s] |= rows[:, s:]
     return out
+
+
+def last_clean_value(data: np.ndarray, groupdq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Value of each pixel's last resultant with no group flag but JUMP_DET.
+
+    That resultant is the ``last`` of ``cpu_fallback.ramp_fit.gls.initial_usable``: the
+    last one the ramp fit can use.  Works one resultant plane at a time.
+
+    Parameters
+    ----------
+    data : ndarray, shape (K, ny, nx), float32
+        Resultants (DN).
+    groupdq : ndarray, shape (K, ny, nx), uint8
+        Group DQ.
+
+    Returns
+    -------
+    value : ndarray, shape (ny, nx), float32
+        ``data[k*]`` (DN); 0 where there is no such resultant.
+    found : ndarray, shape (ny, nx), bool
+        Whether the pixel has such a resultant.
+    """
+    shape = data.shape[1:]
+    value = np.zeros(shape, np.float32)
+    found = np.zeros(shape, bool)
+    for k in range(data.shape[0]):  # ascending: a later clean resultant overwrites
+        clean = (groupdq[k] & _NOT_JUMP) == 0
+        np.copyto(value, data[k], where=clean, casting="same_kind")
+        found |= clean
+    return value, found
+
+
+def saturation_headroom(
+    data: np.ndarray,
+    groupdq: np.ndarray,
+    pixeldq: np.ndarray,
+    threshold: np.ndarray,
+    threshold_dq: np.ndarray,
+) -> np.ndarray:
+    """DN left below the saturation threshold at each pixel's last usable resultant.
+
+    Run on the outputs of :func:`saturation`.  With k* the last resultant whose group DQ
+    has no bit but JUMP_DET (the last one the ramp fit uses), the headroom is the float32
+    difference ``threshold - data[k*]``: a read that climbs that much above the resultant
+    reaches full well, although the resultant's average stayed below the threshold.
+
+    Parameters
+    ----------
+    data : ndarray, shape (K, ny, nx), float32
+        Resultants (raw DN, as the saturation step sees them).  Not modified.
+    groupdq : ndarray, shape (K, ny, nx), uint8
+        Group DQ after saturation flagging.  Not modified.
+    pixeldq : ndarray, shape (ny, nx), uint32
+        Pixel DQ.  Not modified.
+    threshold : ndarray, shape (ny, nx), float32
+        SATURATION reference threshold (DN); NaN means "no check".  Not modified.
+    threshold_dq : ndarray, shape (ny, nx), uint32
+        SATURATION reference DQ.  Not modified.
+
+    Returns
+    -------
+    ndarray, shape (ny, nx), float32
+        Headroom (DN); +inf where the pixel has no such resultant, the threshold is NaN,
+        or ``threshold_dq`` or ``pixeldq`` has NO_SAT_CHECK (no saturation level known);
+        NaN where ``data[k*]`` is NaN.
+    """
+    value, found = last_clean_value(data, groupdq)
+    thresh = np.asarray(threshold, dtype=np.float32)
+    headroom = np.subtract(thresh, value, dtype=np.float32)
+    no_level = ~found | np.isnan(thresh)
+    no_level |= (np.asarray(threshold_dq) & _NO_SAT_CHECK) == _NO_SAT_CHECK
+    no_level |= (np.asarray(pixeldq) & _NO_SAT_CHECK) == _NO_SAT_CHECK
+    headroom[no_level] = np.inf
+    return headroom

@@ -187,6 +187,42 @@ class Backend(Protocol):
         backup: int,
     ) -> SaturationResult: ...
 
+    def saturation_headroom(
+        self,
+        data: np.ndarray,
+        groupdq: np.ndarray,
+        pixeldq: np.ndarray,
+        threshold: np.ndarray,
+        threshold_dq: np.ndarray,
+    ) -> np.ndarray:
+        """DN left below full well at each pixel's last usable resultant.
+
+        Called on the outputs of :meth:`saturation`.  k* is the last resultant whose group
+        DQ has no bit but JUMP_DET (the last one the ramp fit uses); the headroom is the
+        float32 difference ``threshold - data[k*]``.
+
+        Parameters
+        ----------
+        data : ndarray, shape (K, ny, nx), float32
+            Resultants (raw DN).  Not modified.
+        groupdq : ndarray, shape (K, ny, nx), uint8
+            Group DQ after saturation flagging.  Not modified.
+        pixeldq : ndarray, shape (ny, nx), uint32
+            Pixel DQ.  Not modified.
+        threshold : ndarray, shape (ny, nx), float32
+            SATURATION reference threshold (DN); NaN means "no check".
+        threshold_dq : ndarray, shape (ny, nx), uint32
+            SATURATION reference DQ.
+
+        Returns
+        -------
+        ndarray, shape (ny, nx), float32
+            Headroom (DN).  +inf means "no saturation level": no usable resultant, a NaN
+            threshold, or NO_SAT_CHECK in ``threshold_dq`` or ``pixeldq``.  NaN where
+            ``data[k*]`` is NaN.  On a device backend the result stays on the device.
+        """
+        ...
+
     def refpix(
         self,
         data: np.ndarray,
@@ -218,6 +254,46 @@ class Backend(Protocol):
         inl: InlTable | None,
         timing: ReadTiming,
     ) -> LinearityResult: ...
+
+    def linearity_threshold(
+        self,
+        data: np.ndarray,
+        groupdq: np.ndarray,
+        headroom: np.ndarray,
+        lin_coeffs: np.ndarray | None,
+        lin_dq: np.ndarray | None,
+    ) -> np.ndarray:
+        """The saturation threshold in the linearized DN the ramp fit sees.
+
+        Called on the linearity step's input.  With k* as in :meth:`saturation_headroom`
+        (from this ``groupdq``), the level is ``P(data[k*] + headroom)``, the sum in
+        float32 and P the pixel's classic LINEARITY polynomial evaluated as the correction
+        evaluates one value (float32 Horner; the identity for NO_LIN_CORR, NaN-coefficient
+        and zero-linear-term pixels).  Anchoring at the pixel's own resultant carries
+        reference-pixel offsets and the non-linearity into the level.
+
+        Parameters
+        ----------
+        data : ndarray, shape (K, ny, nx), float32
+            Resultants (DN) before the linearity correction.  Not modified.
+        groupdq : ndarray, shape (K, ny, nx), uint8
+            Group DQ.  Not modified.
+        headroom : ndarray, shape (ny, nx), float32
+            :meth:`saturation_headroom` (DN).
+        lin_coeffs : ndarray, shape (ncoeff, ny, nx), float32, or None
+            LINEARITY coefficients, constant term first (ncoeff >= 2); None: no
+            polynomial (level = ``data[k*] + headroom``).
+        lin_dq : ndarray, shape (ny, nx), uint32, or None
+            LINEARITY reference DQ (may be None without ``lin_coeffs``).
+
+        Returns
+        -------
+        ndarray, shape (ny, nx), float32
+            Level (linearized DN).  +inf means "no level": no usable resultant or a
+            headroom that is not finite.  NaN where ``data[k*]`` is NaN.  On a device
+            backend the result stays on the device.
+        """
+        ...
 
     def jump(
         self,

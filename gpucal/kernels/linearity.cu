@@ -229,3 +229,38 @@ extern "C" __global__ void linearity_read_level(
         groupdq[at] = g;
     }
 }
+
+// Saturation level in linearized DN (cpu_fallback/linearity.py's linearity_threshold), run
+// on the linearity step's input: level (npix) float32 = P_lin(data[k*] + headroom[p]) with
+// k* the last resultant with no group flag but JUMP_DET, the sum in float32 and P_lin the
+// classic correction's float32 Horner (identity pixels as there); ncoeff == 0 (lin_coeffs
+// a 1-element dummy): no polynomial, level = data[k*] + headroom.  +inf where there is no
+// such resultant or the headroom is not finite.
+extern "C" __global__ void linearity_threshold(const float* __restrict__ data, const unsigned char* __restrict__ groupdq,
+                                               const float* __restrict__ headroom,
+                                               const float* __restrict__ lin_coeffs, int ncoeff,
+                                               const unsigned int* __restrict__ lin_dq, float* __restrict__ level,
+                                               int nres, int npix)
+{
+    const long long p = gc_thread_index();
+    if (p >= npix) {
+        return;
+    }
+    const float h = headroom[p];
+    int k = nres - 1;
+    while (k >= 0 && (groupdq[gc_at(k, npix, p)] & (unsigned char)~GRP_JUMP_DET) != 0) {
+        --k;
+    }
+    if (k < 0 || !isfinite(h)) {
+        level[p] = __int_as_float(0x7f800000);
+        return;
+    }
+    float v = __fadd_rn(data[gc_at(k, npix, p)], h);
+    if (ncoeff > 0) {
+        bool newly_bad;
+        const bool identity = lin_identity(lin_coeffs, ncoeff, npix, p,
+                                           (lin_dq[p] & PIX_NO_LIN_CORR) == PIX_NO_LIN_CORR, &newly_bad);
+        v = lin_horner_f(v, lin_coeffs, ncoeff, npix, p, identity);
+    }
+    level[p] = v;
+}

@@ -436,6 +436,26 @@ class DeviceBackend:
         return SaturationResult(g, p)
 
     @_device_op
+    def saturation_headroom(
+        self, data: Any, groupdq: Any, pixeldq: Any, threshold: np.ndarray, threshold_dq: np.ndarray
+    ) -> Any:
+        def run(b: list[Any], row0: int = 0) -> tuple[Any]:
+            return (launch.saturation_headroom(self.rt, b[0], b[1], b[2], b[3], b[4]),)
+
+        if self._resident(data, groupdq):
+            return run(
+                [
+                    self._dev(data, "data"),
+                    self._dev(groupdq, "groupdq"),
+                    self._dev(pixeldq, "pixeldq"),
+                    self._ref(threshold, "saturation"),
+                    self._ref(threshold_dq, "saturation_dq"),
+                ]
+            )[0]
+        (out,) = self._blocked("saturation_headroom", run, [data, groupdq, pixeldq, threshold, threshold_dq])
+        return out
+
+    @_device_op
     def refpix(
         self, data: Any, amp33: np.ndarray, pixeldq: Any, gamma: np.ndarray, zeta: np.ndarray, alpha: np.ndarray
     ) -> RefpixResult:
@@ -525,6 +545,26 @@ class DeviceBackend:
         d, g, p = self._blocked("linearity", run, [data, groupdq, pixeldq, lin_coeffs, ilin_coeffs, lin_dq])
         assert d is not None and g is not None and p is not None
         return LinearityResult(d, g, p)
+
+    @_device_op
+    def linearity_threshold(
+        self, data: Any, groupdq: Any, headroom: Any, lin_coeffs: np.ndarray | None, lin_dq: np.ndarray | None
+    ) -> Any:
+        def run(b: list[Any], row0: int = 0) -> tuple[Any]:
+            return (launch.linearity_threshold(self.rt, b[0], b[1], b[2], b[3], b[4]),)
+
+        if self._resident(data, groupdq, headroom):
+            return run(
+                [
+                    self._dev(data, "data"),
+                    self._dev(groupdq, "groupdq"),
+                    self._dev(headroom, "headroom"),
+                    self._ref(lin_coeffs, "linearity"),
+                    self._ref(lin_dq, "linearity_dq"),
+                ]
+            )[0]
+        (out,) = self._blocked("linearity_threshold", run, [data, groupdq, headroom, lin_coeffs, lin_dq])
+        return out
 
     @_device_op
     def jump(

@@ -59,7 +59,9 @@ __all__ = [
     "guide_window_ranges",
     "dq_init",
     "saturation",
+    "saturation_headroom",
     "linearity",
+    "linearity_threshold",
     "frame_read_times",
     "dark_decay",
     "jump",
@@ -254,6 +256,50 @@ def saturation(
     return SaturationResult(groupdq, pixeldq)
 
 
+@on_stream
+def saturation_headroom(rt: DeviceRuntime, data: Any, groupdq: Any, pixeldq: Any, threshold: Any,
+                        threshold_dq: Any) -> Any:
+    """DN left below the saturation threshold at the last usable resultant (``saturation.cu``).
+
+    Parameters
+    ----------
+    rt : DeviceRuntime
+        Where the arrays live and the kernels run.
+    data : device array, shape (K, ny, nx), float32
+        Resultants (DN); read only.
+    groupdq : device array, shape (K, ny, nx), uint8
+        Group DQ after saturation flagging; read only.
+    pixeldq : device array, shape (ny, nx), uint32
+        Pixel DQ; read only.
+    threshold : device array, shape (ny, nx), float32
+        Saturation threshold (DN); NaN: no check.
+    threshold_dq : device array, shape (ny, nx), uint32
+        SATURATION reference DQ.
+
+    Returns
+    -------
+    device array, shape (ny, nx), float32
+        ``threshold - data[k*]`` (DN), k* the last resultant with no flag but JUMP_DET;
+        +inf where there is none, the threshold is NaN or either DQ has NO_SAT_CHECK
+        (``cpu_fallback.saturation.saturation_headroom``).
+    """
+    nres, ny, nx = frame_shape(data)
+    npix = ny * nx
+    require(data, "data", None, np.float32)
+    require(groupdq, "groupdq", (nres, ny, nx), np.uint8)
+    for name, arr, dtype in (
+        ("pixeldq", pixeldq, np.uint32),
+        ("threshold", threshold, np.float32),
+        ("threshold_dq", threshold_dq, np.uint32),
+    ):
+        require(arr, name, (ny, nx), dtype)
+    headroom = rt.empty((ny, nx), np.float32)
+    launch(rt, "saturation", "saturation_headroom", npix, (
+        data, groupdq, pixeldq, threshold, threshold_dq, headroom, _I32(nres), _I32(npix),
+    ))  # fmt: skip
+    return headroom
+
+
 # ------------------------------------------------------------------------------ linearity
 @on_stream
 def linearity(
@@ -338,6 +384,57 @@ def linearity(
         upload_constants(rt, mean_read, np.float64), *inl_args, _I32(nres), _I32(nx), _I32(npix),
     ))  # fmt: skip
     return LinearityResult(data, groupdq, pixeldq)
+
+
+@on_stream
+def linearity_threshold(
+    rt: DeviceRuntime, data: Any, groupdq: Any, headroom: Any, lin_coeffs: Any | None, lin_dq: Any | None
+) -> Any:
+    """The saturation threshold in linearized DN (``linearity.cu``'s ``linearity_threshold``).
+
+    Parameters
+    ----------
+    rt : DeviceRuntime
+        Where the arrays live and the kernels run.
+    data : device array, shape (K, ny, nx), float32
+        Resultants (DN) before the linearity correction; read only.
+    groupdq : device array, shape (K, ny, nx), uint8
+        Group DQ; read only.
+    headroom : device array, shape (ny, nx), float32
+        :func:`saturation_headroom` (DN).
+    lin_coeffs : device array, shape (ncoeff, ny, nx), float32, or None
+        LINEARITY coefficients, constant term first (ncoeff >= 2); None: no polynomial.
+    lin_dq : device array, shape (ny, nx), uint32, or None
+        LINEARITY reference DQ (None allowed only without ``lin_coeffs``).
+
+    Returns
+    -------
+    device array, shape (ny, nx), float32
+        ``P(data[k*] + headroom)`` (``cpu_fallback.linearity.linearity_threshold``); +inf
+        where there is no usable resultant or the headroom is not finite.
+    """
+    nres, ny, nx = frame_shape(data)
+    npix = ny * nx
+    require(data, "data", None, np.float32)
+    require(groupdq, "groupdq", (nres, ny, nx), np.uint8)
+    require(headroom, "headroom", (ny, nx), np.float32)
+    if lin_dq is not None:
+        require(lin_dq, "lin_dq", (ny, nx), np.uint32)
+    if lin_coeffs is None:  # the kernel then reads neither coefficients nor lin_dq
+        coeffs, ncoeff = rt.zeros((1,), np.float32), 0
+        lin_dq = rt.zeros((1,), np.uint32) if lin_dq is None else lin_dq
+    else:
+        if lin_coeffs.ndim != 3 or lin_coeffs.shape[0] < 2:
+            raise ValueError(f"linearity kernels need at least 2 coefficients, lin_coeffs has shape {lin_coeffs.shape}")
+        require(lin_coeffs, "lin_coeffs", (lin_coeffs.shape[0], ny, nx), np.float32)
+        if lin_dq is None:
+            raise ValueError("lin_dq is needed with lin_coeffs")
+        coeffs, ncoeff = lin_coeffs, int(lin_coeffs.shape[0])
+    level = rt.empty((ny, nx), np.float32)
+    launch(rt, "linearity", "linearity_threshold", npix, (
+        data, groupdq, headroom, coeffs, _I32(ncoeff), lin_dq, level, _I32(nres), _I32(npix),
+    ))  # fmt: skip
+    return level
 
 
 # ------------------------------------------------------------------------------ dark decay
