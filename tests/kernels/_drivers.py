@@ -59,6 +59,16 @@ def saturation(
     return down(rt, launch.saturation(rt, *args, up(rt, threshold_dq, U32), timing, n_pix_grow_sat, backup))
 
 
+def saturation_headroom(rt: Any, data, groupdq, pixeldq, threshold, threshold_dq) -> np.ndarray:
+    args = (up(rt, data, F32), up(rt, groupdq, U8), up(rt, pixeldq, U32), up(rt, threshold, F32))
+    return down(rt, launch.saturation_headroom(rt, *args, up(rt, threshold_dq, U32)))
+
+
+def linearity_threshold(rt: Any, data, groupdq, headroom, lin_coeffs, lin_dq) -> np.ndarray:
+    args = (up(rt, data, F32), up(rt, groupdq, U8), up(rt, headroom, F32), up(rt, lin_coeffs, F32))
+    return down(rt, launch.linearity_threshold(rt, *args, up(rt, lin_dq, U32)))
+
+
 def linearity(
     rt: Any, data, groupdq, pixeldq, lin_coeffs, ilin_coeffs, lin_dq, inl: InlTable | None, timing: ReadTiming
 ) -> LinearityResult:

@@ -50,6 +50,24 @@ def _linearity(read_level: bool, with_inl: bool) -> None:
     drv.linearity(RT, data, groupdq, zeros, lin, ilin if read_level else None, zeros, inl, TIMING)
 
 
+def _saturation_level() -> None:
+    """saturation_headroom, then linearity_threshold with and without a polynomial."""
+    rng = np.random.default_rng(8)
+    data = random_ramps(rng, SHAPE, TIMING)
+    thr = rng.normal(50000, 3000, SHAPE).astype(np.float32)
+    thr[0, 0] = np.nan
+    groupdq = np.zeros(data.shape, np.uint8)
+    groupdq[4:, 3, :] = 2
+    groupdq[:, 4, :] = 1  # no usable resultant
+    zeros = np.zeros(SHAPE, np.uint32)
+    headroom = drv.saturation_headroom(RT, data, groupdq, zeros, thr, zeros)
+    lin = np.zeros((3, *SHAPE), np.float32)
+    lin[1], lin[2] = 1.0, 2e-6
+    lin[2, 1, 1] = np.nan
+    drv.linearity_threshold(RT, data, groupdq, headroom, lin, zeros)
+    drv.linearity_threshold(RT, data, groupdq, headroom, None, None)
+
+
 def _dq_init() -> None:
     rng = np.random.default_rng(7)
     raw = rng.integers(0, 65536, (4, *SHAPE), dtype=np.uint16)
@@ -109,6 +127,7 @@ CASES: dict[str, Callable[[], None]] = {
     "linearity_classic": lambda: _linearity(False, False),
     "linearity_read_level": lambda: _linearity(True, False),
     "linearity_read_level_inl": lambda: _linearity(True, True),
+    "saturation_level": _saturation_level,
     "dq_init": _dq_init,
     "jump_weighted_iterative": lambda: _jump("weighted", TIMING.nresultants),
     "jump_median_single": lambda: _jump("median", 13),

@@ -50,6 +50,11 @@ CALLS = {
     "linearity_read_level_inl": lambda rt, d, g, p, one: launch.linearity(
         rt, d, g, p, rt.xp.stack([one * 0, one]), rt.xp.stack([one * 0, one]), p, _inl(), TIMING
     ),
+    "saturation_headroom": lambda rt, d, g, p, one: launch.saturation_headroom(rt, d, g, p, one * 5e4, p),
+    "linearity_threshold": lambda rt, d, g, p, one: launch.linearity_threshold(
+        rt, d, g, one, rt.xp.stack([one * 0, one]), p
+    ),
+    "linearity_threshold_no_polynomial": lambda rt, d, g, p, one: launch.linearity_threshold(rt, d, g, one, None, None),
     "dark_decay": lambda rt, d, g, p, one: launch.dark_decay(rt, d, TIMING, 3.0, 5.0, 2, row0=6, frame_ny=24),
     "jump": lambda rt, d, g, p, one: launch.jump(rt, d, g, one, one, TIMING, JumpParams()),
     "jump_with_mode": lambda rt, d, g, p, one: launch.jump(rt, d, g, one, one, TIMING, JumpParams(), mode=1),
