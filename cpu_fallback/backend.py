@@ -167,10 +167,15 @@ class CpuBackend:
         timing: ReadTiming,
         algorithm: str,
         params: RampFitParams,
+        saturation_level: np.ndarray | None = None,
     ) -> RampFitResult:
+        if saturation_level is not None and algorithm != "gls":
+            raise ValueError(f"a saturation level is an input of the gls ramp fit only, not of {algorithm}")
         if algorithm == "gls":
-            from cpu_fallback.ramp_fit.gls import fit_gls as fit
-        elif algorithm == "ols_cas22":
+            from cpu_fallback.ramp_fit.gls import fit_gls
+
+            return fit_gls(data, groupdq, pixeldq, readnoise, gain, timing, params, saturation_level)
+        if algorithm == "ols_cas22":
             from cpu_fallback.ramp_fit.ols_cas22 import fit_ols_cas22 as fit
         elif algorithm == "likely":
             from cpu_fallback.ramp_fit.likely import fit_likely as fit

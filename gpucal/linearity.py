@@ -70,8 +70,14 @@ class LinearityStep(Step[LinearityParams]):
     reference_file_types = ("linearity", "inverselinearity", "integralnonlinearity")
     Params = LinearityParams
     default_suffix = "linearity"
+    #: set by the pipeline: the saturation step's :attr:`~gpucal.saturation.SaturationStep.headroom`
+    headroom: Any = None
+    #: left by :meth:`process` when :attr:`headroom` was given: (ny, nx) float32, the level at
+    #: which a read saturates in the corrected resultants' DN (the ramp fit's input)
+    saturation_level: Any = None
 
     def process(self, model: Any) -> Any:
+        self.saturation_level = None
         refs = self.resolve_references(model)
         if not (refs["linearity"].available and refs["inverselinearity"].available):
             log.warning("No LINEARITY or INVERSELINEARITY reference: step skipped")
@@ -99,6 +105,10 @@ class LinearityStep(Step[LinearityParams]):
         if refs["integralnonlinearity"].available:
             inl = inl_table(open_reference(refs["integralnonlinearity"], model), nx)
         timing = exposure_timing(model, "linearity")
+        if self.headroom is not None:  # before the correction: anchored on the uncorrected resultant
+            self.saturation_level = self.backend.linearity_threshold(
+                model.data, model.groupdq, self.headroom, lin_coeffs, lin_dq
+            )
         result = self.backend.linearity(
             model.data, model.groupdq, model.pixeldq, lin_coeffs, ilin_coeffs, lin_dq, inl, timing
         )

@@ -62,6 +62,10 @@ class RampFitStep(Step[RampFitStepParams]):
     reference_file_types = ("readnoise", "gain")
     Params = RampFitStepParams
     default_suffix = "rampfit"
+    #: set by the pipeline for gls: (ny, nx) float32, the level (DN of the corrected
+    #: resultants) at which a read saturates, from the saturation and linearity steps.  A
+    #: ramp fit run on its own has none: gls then tests the last resultant for a shortfall.
+    saturation_level: Any = None
 
     def process(self, model: Any) -> Any:
         p = self.params
@@ -84,8 +88,9 @@ class RampFitStep(Step[RampFitStepParams]):
         if fit_params.snowball is not None:
             fit, slope_u, model = self._fit_on_host(model, readnoise, gain, timing, fit_params)
         else:
+            level = self.saturation_level if p.algorithm == "gls" else None
             fit = self.backend.ramp_fit(
-                model.data, model.groupdq, model.pixeldq, readnoise, gain, timing, p.algorithm, fit_params
+                model.data, model.groupdq, model.pixeldq, readnoise, gain, timing, p.algorithm, fit_params, level
             )
             slope_u = self.backend.uniform_slope(model.data, timing)
         model.groupdq = fit.groupdq

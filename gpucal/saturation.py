@@ -34,8 +34,15 @@ class SaturationStep(Step[SaturationParams]):
     reference_file_types = ("saturation",)
     Params = SaturationParams
     default_suffix = "saturation"
+    #: set by the pipeline when its ramp fit takes a saturation level (gls): the step then
+    #: also leaves :attr:`headroom`
+    want_headroom: bool = False
+    #: (ny, nx) float32 DN, the threshold minus each pixel's last resultant with no flag but
+    #: JUMP_DET (+inf: no check, no such resultant); None when not asked for or skipped
+    headroom: Any = None
 
     def process(self, model: Any) -> Any:
+        self.headroom = None
         refs = self.resolve_references(model)
         if not refs["saturation"].available:
             log.warning("No SATURATION reference: step skipped")
@@ -54,5 +61,9 @@ class SaturationStep(Step[SaturationParams]):
         )
         model.groupdq = result.groupdq
         model.pixeldq = result.pixeldq
+        if self.want_headroom:
+            self.headroom = self.backend.saturation_headroom(
+                model.data, model.groupdq, model.pixeldq, threshold, ref_dq
+            )
         model.meta.cal_step.saturation = "COMPLETE"
         return model

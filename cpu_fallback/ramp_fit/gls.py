@@ -84,13 +84,19 @@ from gpucal.backends.protocol import RampFitParams, RampFitResult
 from gpucal.dq import GroupFlag, PixelFlag
 from gpucal.readpattern import ReadTiming
 
-__all__ = ["fit_gls", "pattern_constants", "SHORTFALL_SIGMA", "GLS_MAX_RESULTANTS", "BLOCK_PIXELS"]
+__all__ = ["fit_gls", "pattern_constants", "SHORTFALL_SIGMA", "SATURATION_MARGIN", "QUANTIZATION_VAR",
+           "GLS_MAX_RESULTANTS", "BLOCK_PIXELS"]
 
 log = logging.getLogger(__name__)
 
 #: Significance (sigma) below the ramp at which the last usable resultant is taken to have
-#: saturated inside its reads.
+#: saturated inside its reads, where the saturation level is not known.
 SHORTFALL_SIGMA = 5.0
+#: Where the saturation level is known: standard deviations of the prediction of the last
+#: read within which reaching the level counts as saturated.
+SATURATION_MARGIN = 3.0
+#: Variance (DN**2) a resultant gains from being stored as an integer (rounded: 1/12).
+QUANTIZATION_VAR = 1.0 / 12.0
 #: As ``RAMP_MAX_RESULTANTS`` of the kernels: the usable-difference masks are 32-bit words.
 GLS_MAX_RESULTANTS = 32
 #: Pixels per block: the passes are short loops over differences, so larger blocks than
@@ -112,10 +118,13 @@ class GlsPattern(NamedTuple):
     cph: np.ndarray  # (n,) s, tbar_j - tau_j (coupling of j-1 and j at index j; entry 0: 0)
     multi: int  # bit k set: resultant k has more than one read
     w0: np.ndarray  # (n,) 1/s, read-noise-only GLS weights when every difference is usable
+    rise: np.ndarray  # (n,) s, last read time of resultant j+1 minus its tbar
+    pvar: np.ndarray  # (n,) s, Poisson variance / rate of (Q(last read) - mean of its reads), resultant j+1
+    invn: np.ndarray  # (n,) 1/N_{j+1}
 
     def table(self) -> np.ndarray:
-        """The (6, n) float64 table the kernel reads (rows dt, rd, ph, crd, cph, w0)."""
-        return np.stack([self.dt, self.rd, self.ph, self.crd, self.cph, self.w0])
+        """The (9, n) float64 table the kernel reads (rows dt, rd, ph, crd, cph, w0, rise, pvar, invn)."""
+        return np.stack([self.dt, self.rd, self.ph, self.crd, self.cph, self.w0, self.rise, self.pvar, self.invn])
 
 
 def pattern_constants(timing: ReadTiming) -> GlsPattern:
@@ -143,6 +152,16 @@ def pattern_constants(timing: ReadTiming) -> GlsPattern:
         cov[np.arange(nd - 1), np.arange(1, nd)] = crd[1:]
     w0 = np.linalg.solve(cov, dt) if nd else np.zeros(0)
     w0 = w0 / float(w0 @ dt) if nd else w0
+    # the last read of resultant k lies rise_k after its mean time; the charge between the
+    # reads makes Q(last) - mean_i Q(t_i) = sum_m dQ_m (m / N) (m = 1..N-1, dQ_m collected
+    # between reads m-1 and m), of variance rate * sum_m (t_m - t_m-1) (m / N)**2
+    rise = np.zeros(nd)
+    pvar = np.zeros(nd)
+    for j in range(nd):
+        t = np.asarray(timing.read_pattern[j + 1], _F64) * float(timing.frame_time)
+        count = t.size
+        rise[j] = t[-1] - float(tbar[j + 1])
+        pvar[j] = sum((t[m] - t[m - 1]) * (m / count) ** 2 for m in range(1, count))
     return GlsPattern(
         dt=dt,
         rd=rd,
@@ -151,6 +170,9 @@ def pattern_constants(timing: ReadTiming) -> GlsPattern:
         cph=cph,
         multi=multi,
         w0=w0,
+        rise=rise,
+        pvar=pvar,
+        invn=1.0 / n[1:],
     )
 
 
@@ -193,7 +215,7 @@ class _Fit(NamedTuple):
 
 def _sweep(
     deff: np.ndarray, dteff: np.ndarray, usable: np.ndarray, link: np.ndarray, rate: np.ndarray, rn2: np.ndarray,
-    pat: GlsPattern, final: bool,
+    q2: np.ndarray, pat: GlsPattern, final: bool,
 ) -> tuple[np.ndarray, ...]:
     """One forward LDL' sweep at covariance rate ``rate`` (P,).
 
@@ -207,10 +229,12 @@ def _sweep(
     """
     nd, npix = deff.shape
     diag = np.multiply(rn2, pat.rd[:, None])
+    diag += q2 + q2
     tmp = np.multiply(rate, pat.ph[:, None])
     diag += tmp
     np.copyto(diag, 1.0, where=~usable)
     off = np.multiply(rn2, pat.crd[:, None])
+    off -= q2
     np.multiply(rate, pat.cph[:, None], out=tmp)
     off += tmp
     np.copyto(off, 0.0, where=~link)
@@ -263,7 +287,8 @@ def _dot(w: np.ndarray, d: np.ndarray) -> np.ndarray:
     return acc
 
 
-def _fit(d: np.ndarray, usable: np.ndarray, rn2: np.ndarray, pat: GlsPattern, multi: np.ndarray) -> _Fit:
+def _fit(d: np.ndarray, usable: np.ndarray, rn2: np.ndarray, q2: np.ndarray, pat: GlsPattern,
+         multi: np.ndarray) -> _Fit:
     """Three-pass fit of the pixels of a block (the module docstring)."""
     nd, npix = d.shape
     zero = np.zeros(npix)
@@ -276,13 +301,13 @@ def _fit(d: np.ndarray, usable: np.ndarray, rn2: np.ndarray, pat: GlsPattern, mu
     if full.all():
         s0 = _dot(pat.w0, d)
     else:
-        s0 = _sweep(deff, dteff, usable, link, zero, rn2, pat, False)[0]
+        s0 = _sweep(deff, dteff, usable, link, zero, rn2, q2, pat, False)[0]
         if full.any():
             s0[full] = _dot(pat.w0, d[:, full])
     rate = np.where(s0 > 0, s0, zero)
-    s1 = _sweep(deff, dteff, usable, link, rate, rn2, pat, False)[0]
+    s1 = _sweep(deff, dteff, usable, link, rate, rn2, q2, pat, False)[0]
     rate = np.where(s1 > 0, s1, zero)
-    slope, fsum, gsum, hsum, diag, off, ls, ms, qs = _sweep(deff, dteff, usable, link, rate, rn2, pat, True)
+    slope, fsum, gsum, hsum, diag, off, ls, ms, qs = _sweep(deff, dteff, usable, link, rate, rn2, q2, pat, True)
     # backward sweep: w = C^-1 dt = L^-T q, h = w / F; read and Poisson parts of h' C h
     w = np.empty((nd, npix))
     w_next = zero
@@ -296,14 +321,20 @@ def _fit(d: np.ndarray, usable: np.ndarray, rn2: np.ndarray, pat: GlsPattern, mu
     hh = 2.0 * (h[:-1] * h[1:])
     cross_r = hh * pat.crd[1:, None]
     cross_p = hh * pat.cph[1:, None]
+    # quantisation: h' Q h with Q_jj = 2, Q_j,j+1 = -1
+    prod_q = hsq + hsq
     var_r = prod_r[0].copy() if nd else np.zeros(npix)
     var_p = prod_p[0].copy() if nd else np.zeros(npix)
+    var_q = prod_q[0].copy() if nd else np.zeros(npix)
     for j in range(1, nd):  # in order, as the kernel accumulates
         var_r += prod_r[j]
         var_r += cross_r[j - 1]
         var_p += prod_p[j]
         var_p += cross_p[j - 1]
+        var_q += prod_q[j]
+        var_q -= hh[j - 1]
     var_r = var_r * rn2
+    var_r += var_q * q2
     var_p = var_p * np.where(slope > 0, slope, zero)
     # standardised residuals: the residual variance of a GLS fit is C_jj - dt_j**2 / F
     rvar = diag - (pat.dt * pat.dt)[:, None] / fsum
@@ -328,13 +359,17 @@ def _search(
     usable: np.ndarray,
     last: np.ndarray,
     rn2: np.ndarray,
+    q2: np.ndarray,
+    headroom: np.ndarray,
     pat: GlsPattern,
     use_jump: bool,
     t_jump: float,
 ) -> tuple[_Fit, np.ndarray, np.ndarray]:
-    """Fit, and remove jumps and a short last resultant one difference at a time.
+    """Fit, and remove jumps and a saturated last resultant one difference at a time.
 
-    Returns the final fit, the (n, P) jumps found and the (P,) pixels found short.
+    ``headroom`` (P,): the saturation level minus the last usable resultant (e-), +inf
+    where unknown.  Returns the final fit, the (n, P) jumps found and the (P,) pixels whose
+    last usable resultant was found saturated.
     """
     nd, npix = d.shape
     jumps = np.zeros((nd, npix), bool)
@@ -342,7 +377,7 @@ def _search(
     jl_all = last - 1
     multi = np.array([(pat.multi >> k) & 1 for k in range(nd)], bool)
     u = usable.copy()
-    out = fit = _fit(d, u, rn2, pat, multi)
+    out = fit = _fit(d, u, rn2, q2, pat, multi)
     active = np.arange(npix)
     while True:
         testable = np.count_nonzero(u, axis=0) >= 3
@@ -364,7 +399,8 @@ def _search(
         jl_ok = jl >= 0
         jlc = np.where(jl_ok, jl, 0)
         rl = r[jlc, cols]
-        is_short = testable & jl_ok & ~short[active] & u[jlc, cols] & (rl < -SHORTFALL_SIGMA)
+        is_short = jl_ok & ~short[active] & u[jlc, cols] & _saturated_last(
+            fit, rl, testable, headroom[active], rn2[active], q2[active], pat, jlc)
         # a positive outlier larger than the shortfall is a jump (removed when searching,
         # else the pixel is left as it is: the shortfall may be the jump's doing)
         take_short = is_short & ~(outlier & (rb > -rl))
@@ -380,10 +416,33 @@ def _search(
         if not active.size:
             break
         u = usable[:, active]
-        fit = _fit(d[:, active], u, rn2[active], pat, multi)
+        fit = _fit(d[:, active], u, rn2[active], q2[active], pat, multi)
         for name in ("slope", "var_r", "var_p", "chisq"):
             getattr(out, name)[active] = getattr(fit, name)
     return out, jumps, short
+
+
+def _saturated_last(
+    fit: _Fit, rl: np.ndarray, testable: np.ndarray, headroom: np.ndarray, rn2: np.ndarray, q2: np.ndarray,
+    pat: GlsPattern, jl: np.ndarray,
+) -> np.ndarray:
+    """(P,) bool: the last usable resultant (difference ``jl`` ends at it) reached full well.
+
+    Where the level is known (finite ``headroom``): the ramp's prediction of its last read,
+    ``s rise`` above its mean, comes within ``SATURATION_MARGIN`` standard deviations of the
+    level (read noise and quantisation of the resultant, Poisson charge between its mean
+    time and its last read, the slope's own error over ``rise``).  Elsewhere: the last
+    difference's standardised residual is below ``-SHORTFALL_SIGMA`` (testable pixels).
+    """
+    s = np.where(fit.slope > 0, fit.slope, 0.0)
+    rise = pat.rise[jl]
+    var = rn2 * pat.invn[jl]
+    var += q2
+    var += s * pat.pvar[jl]
+    var += (fit.var_r + fit.var_p) * (rise * rise)
+    reach = s * rise + SATURATION_MARGIN * np.sqrt(var)
+    known = np.isfinite(headroom)
+    return np.where(known, headroom <= reach, testable & (rl < -SHORTFALL_SIGMA))
 
 
 def fit_gls(
@@ -394,6 +453,7 @@ def fit_gls(
     gain: np.ndarray,
     timing: ReadTiming,
     params: RampFitParams,
+    saturation_level: np.ndarray | None = None,
 ) -> RampFitResult:
     """Fit every pixel's ramp with gpucal's ``gls`` algorithm (module docstring).
 
@@ -414,6 +474,11 @@ def fit_gls(
     params : RampFitParams
         ``use_ramp_jump_detection`` (search for jumps in the fit) and
         ``gls_jump_threshold`` (its threshold, sigma).
+    saturation_level : ndarray, (ny, nx) float32, optional
+        The level (DN, in the units of ``data``) at which a read saturates: the SATURATION
+        threshold carried through refpix and linearity (the backends' ``saturation_headroom``
+        and ``linearity_threshold``); +inf or NaN where unknown.  None: unknown everywhere
+        (the last resultant is then tested for a shortfall against the ramp instead).
 
     Returns
     -------
@@ -431,6 +496,8 @@ def fit_gls(
     pat = pattern_constants(timing)
     use_jump = bool(params.use_ramp_jump_detection)
     t_jump = float(params.gls_jump_threshold)
+    if saturation_level is not None and np.shape(saturation_level) != (ny, nx):
+        raise ValueError(f"saturation_level has shape {np.shape(saturation_level)}, expected {(ny, nx)}")
     outs = [np.empty((ny, nx), np.float32) for _ in range(5)]
     gdq_out = np.empty_like(groupdq, dtype=np.uint8)
     dq = np.empty((ny, nx), np.uint32)
@@ -443,11 +510,18 @@ def fit_gls(
             x = np.asarray(data[:, rows], dtype=np.float32).reshape(nres, npix).astype(_F64) * g
             rn_e = rn * g
             rn2 = rn_e * rn_e
+            q2 = QUANTIZATION_VAR * (g * g)
             ok = (g > 0) & (g <= np.finfo(_F64).max) & (rn > 0) & (rn <= np.finfo(_F64).max)
             usable, last = initial_usable(gblk, pat.multi)
             usable &= ok
             if nres > 1:
-                fit, jumps, short = _search(x[1:] - x[:-1], usable, last, rn2, pat, use_jump, t_jump)
+                lastc = np.where(last >= 0, last, 0)
+                if saturation_level is None:
+                    headroom = np.full(npix, np.inf)
+                else:
+                    level = np.asarray(saturation_level[rows], dtype=np.float32).reshape(npix).astype(_F64)
+                    headroom = level * g - x[lastc, np.arange(npix)]
+                fit, jumps, short = _search(x[1:] - x[:-1], usable, last, rn2, q2, headroom, pat, use_jump, t_jump)
             else:  # no difference, no slope
                 none = np.full(npix, np.nan)
                 fit = _Fit(none, none, none, none, np.zeros((0, npix)), np.zeros((0, npix)))

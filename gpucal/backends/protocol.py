@@ -317,8 +317,14 @@ class Backend(Protocol):
         timing: ReadTiming,
         algorithm: str,
         params: RampFitParams,
+        saturation_level: np.ndarray | None = None,
     ) -> RampFitResult:
-        """Fit every pixel's ramp. ``algorithm`` is ``"gls"``, ``"ols_cas22"`` or ``"likely"``."""
+        """Fit every pixel's ramp. ``algorithm`` is ``"gls"``, ``"ols_cas22"`` or ``"likely"``.
+
+        ``saturation_level`` (gls only; ValueError with another algorithm): (ny, nx) float32,
+        the level (DN, the units of ``data``) at which a read saturates, +inf/NaN where
+        unknown (:func:`cpu_fallback.ramp_fit.gls.fit_gls`).
+        """
         ...
 
     def uniform_slope(self, data: np.ndarray, timing: ReadTiming) -> np.ndarray:

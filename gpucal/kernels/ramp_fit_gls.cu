@@ -41,7 +41,7 @@ __device__ __forceinline__ bool gls_bit(unsigned int mask, int j) { return ((mas
 
 // One forward LDL' sweep of the usable differences' covariance at rate ``rate``; returns
 // s_hat.  With ``final``, also F, G, H and the per-difference l, m, q, diag.
-__device__ double gls_sweep(const double* d, unsigned int mask, int nd, double rate, double rn2,
+__device__ double gls_sweep(const double* d, unsigned int mask, int nd, double rate, double rn2, double q2,
                             const double* c, bool final, double* fsum_out, double* gsum_out, double* hsum_out,
                             double* ls, double* ms, double* qs, double* diags, double* offs) {
     const double *dt = c, *rd = c + nd, *ph = c + 2 * nd, *crd = c + 3 * nd, *cph = c + 4 * nd;
@@ -49,9 +49,9 @@ __device__ double gls_sweep(const double* d, unsigned int mask, int nd, double r
     double m_prev = 1.0, u_prev = 0.0, v_prev = 0.0;
     for (int j = 0; j < nd; ++j) {
         const bool use = gls_bit(mask, j);
-        const double diag = use ? r_add(r_mul(rn2, rd[j]), r_mul(rate, ph[j])) : 1.0;
+        const double diag = use ? r_add(r_add(r_mul(rn2, rd[j]), r_add(q2, q2)), r_mul(rate, ph[j])) : 1.0;
         const bool link = j > 0 && use && gls_bit(mask, j - 1);
-        const double off = link ? r_add(r_mul(rn2, crd[j]), r_mul(rate, cph[j])) : 0.0;
+        const double off = link ? r_add(r_sub(r_mul(rn2, crd[j]), q2), r_mul(rate, cph[j])) : 0.0;
         const double dte = use ? dt[j] : 0.0;
         const double de = use ? d[j] : 0.0;
         double l, m, u, v;
@@ -93,7 +93,7 @@ __device__ double gls_sweep(const double* d, unsigned int mask, int nd, double r
 // residuals into ``resid`` (0 where unusable or the residual variance is not positive) and
 // of the pairs d_j + d_j+1 around a multi-read resultant j+1 into ``pres`` (-inf where not
 // tested).
-__device__ GlsFit gls_fit(const double* d, unsigned int mask, int nd, double rn2, const double* c,
+__device__ GlsFit gls_fit(const double* d, unsigned int mask, int nd, double rn2, double q2, const double* c,
                           unsigned int multi, double* resid, double* pres) {
     const double *dt = c, *rd = c + nd, *ph = c + 2 * nd, *crd = c + 3 * nd, *cph = c + 4 * nd, *w0 = c + 5 * nd;
     double ls[GLS_MAXD], ms[GLS_MAXD], qs[GLS_MAXD], diags[GLS_MAXD], offs[GLS_MAXD];
@@ -104,32 +104,34 @@ __device__ GlsFit gls_fit(const double* d, unsigned int mask, int nd, double rn2
         s0 = 0.0;
         for (int j = 0; j < nd; ++j) s0 = r_add(s0, r_mul(d[j], w0[j]));
     } else {
-        s0 = gls_sweep(d, mask, nd, 0.0, rn2, c, false, &fsum, &gsum, &hsum, ls, ms, qs, diags, offs);
+        s0 = gls_sweep(d, mask, nd, 0.0, rn2, q2, c, false, &fsum, &gsum, &hsum, ls, ms, qs, diags, offs);
     }
     double rate = s0 > 0.0 ? s0 : 0.0;
-    const double s1 = gls_sweep(d, mask, nd, rate, rn2, c, false, &fsum, &gsum, &hsum, ls, ms, qs, diags, offs);
+    const double s1 = gls_sweep(d, mask, nd, rate, rn2, q2, c, false, &fsum, &gsum, &hsum, ls, ms, qs, diags, offs);
     rate = s1 > 0.0 ? s1 : 0.0;
     fsum = gsum = hsum = 0.0;
     GlsFit out;
-    out.slope = gls_sweep(d, mask, nd, rate, rn2, c, true, &fsum, &gsum, &hsum, ls, ms, qs, diags, offs);
+    out.slope = gls_sweep(d, mask, nd, rate, rn2, q2, c, true, &fsum, &gsum, &hsum, ls, ms, qs, diags, offs);
 
     // backward sweep: w = L^-T q (kept in qs), h = w / F; h' C h in read and Poisson parts
     for (int j = nd - 2; j >= 0; --j) qs[j] = r_sub(qs[j], r_mul(ls[j + 1], qs[j + 1]));
-    double var_r = 0.0, var_p = 0.0, h_prev = 0.0;
+    double var_r = 0.0, var_p = 0.0, var_q = 0.0, h_prev = 0.0;
     for (int j = 0; j < nd; ++j) {
         const double h = r_div(qs[j], fsum);
         const double hsq = r_mul(h, h);
         if (j == 0) {
             var_r = r_mul(hsq, rd[0]);
             var_p = r_mul(hsq, ph[0]);
+            var_q = r_add(hsq, hsq);
         } else {
             const double hh = r_mul(2.0, r_mul(h_prev, h));
             var_r = r_add(r_add(var_r, r_mul(hsq, rd[j])), r_mul(hh, crd[j]));
             var_p = r_add(r_add(var_p, r_mul(hsq, ph[j])), r_mul(hh, cph[j]));
+            var_q = r_sub(r_add(var_q, r_add(hsq, hsq)), hh);
         }
         h_prev = h;
     }
-    out.var_r = r_mul(var_r, rn2);
+    out.var_r = r_add(r_mul(var_r, rn2), r_mul(var_q, q2));
     out.var_p = r_mul(var_p, out.slope > 0.0 ? out.slope : 0.0);
     for (int j = 0; j < nd; ++j) {
         const double rvar = r_sub(diags[j], r_div(r_mul(dt[j], dt[j]), fsum));
@@ -151,9 +153,27 @@ __device__ GlsFit gls_fit(const double* d, unsigned int mask, int nd, double rn2
 
 __device__ __forceinline__ bool gls_finite(double x) { return fabs(x) <= 1.7976931348623157e308; }
 
+// Whether the last usable resultant (difference jl ends at it) reached full well (gls.py
+// ``_saturated_last``): with a known level (finite headroom, e-), the ramp's prediction of
+// its last read comes within `margin` standard deviations of the level; else the last
+// difference's standardised residual rl is below -shortfall (testable pixels only).
+__device__ __forceinline__ bool gls_saturated_last(const GlsFit& fit, double rl, bool testable, bool known,
+                                                   double headroom,
+                                                   double rn2, double q2, const double* c, int nd, int jl,
+                                                   double margin, double shortfall) {
+    if (!known) return testable && rl < r_sub(0.0, shortfall);
+    const double *rise = c + 6 * nd, *pvar = c + 7 * nd, *invn = c + 8 * nd;
+    const double s = fit.slope > 0.0 ? fit.slope : 0.0;
+    const double var = r_add(r_add(r_add(r_mul(rn2, invn[jl]), q2), r_mul(s, pvar[jl])),
+                             r_mul(r_add(fit.var_r, fit.var_p), r_mul(rise[jl], rise[jl])));
+    const double reach = r_add(r_mul(s, rise[jl]), r_mul(margin, __dsqrt_rn(var)));
+    return headroom <= reach;
+}
+
 extern "C" __global__ void ramp_fit_gls(const float* data, unsigned char* groupdq, const unsigned int* pixeldq,
-                                       const float* readnoise, const float* gain, const double* consts,
-                                       unsigned int multi, int use_jump, double threshold, double shortfall,
+                                       const float* readnoise, const float* gain, const float* sat_level,
+                                       int has_level, const double* consts, unsigned int multi, int use_jump,
+                                       double threshold, double shortfall, double margin, double qvar,
                                        int nres, int npix, float* slope, float* err, float* var_poisson,
                                        float* var_rnoise, float* chisq, unsigned int* dq) {
     const long long p = gc_thread_index();
@@ -205,7 +225,11 @@ extern "C" __global__ void ramp_fit_gls(const float* data, unsigned char* groupd
         }
         const double rn_e = r_mul(rn, g);
         const double rn2 = r_mul(rn_e, rn_e);
-        fit = gls_fit(d, mask, nd, rn2, consts, multi, resid, pres);
+        const double q2 = r_mul(qvar, r_mul(g, g));
+        const double x_last = r_mul((double)data[gc_at(last >= 0 ? last : 0, npix, p)], g);
+        const double headroom = has_level ? r_sub(r_mul((double)sat_level[p], g), x_last) : 0.0;
+        const bool known = has_level && gls_finite(headroom);
+        fit = gls_fit(d, mask, nd, rn2, q2, consts, multi, resid, pres);
         const int jl = last - 1;
         for (int it = 0; it < nd; ++it) {
             const bool testable = __popc(mask) >= 3;
@@ -228,8 +252,9 @@ extern "C" __global__ void ramp_fit_gls(const float* data, unsigned char* groupd
             const bool outlier = testable && rb > threshold;
             const int jlc = jl >= 0 ? jl : 0;
             const double rl = resid[jlc];
-            const bool is_short =
-                testable && jl >= 0 && !short_found && gls_bit(mask, jlc) && rl < r_sub(0.0, shortfall);
+            const bool is_short = jl >= 0 && !short_found && gls_bit(mask, jlc) &&
+                                  gls_saturated_last(fit, rl, testable, known, headroom, rn2, q2, consts, nd, jlc, margin,
+                                                     shortfall);
             const bool take_short = is_short && !(outlier && rb > r_sub(0.0, rl));
             const bool take_jump = use_jump && outlier && !take_short;
             if (take_jump) {
@@ -242,7 +267,7 @@ extern "C" __global__ void ramp_fit_gls(const float* data, unsigned char* groupd
             } else {
                 break;
             }
-            fit = gls_fit(d, mask, nd, rn2, consts, multi, resid, pres);
+            fit = gls_fit(d, mask, nd, rn2, q2, consts, multi, resid, pres);
         }
     }
 

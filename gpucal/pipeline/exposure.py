@@ -167,24 +167,48 @@ class ExposurePipeline(Step[ExposurePipelineParams]):
             )
         return [kept[path] for path in paths]
 
+    def _run(self, key: str, model: Any) -> Any:
+        """Run sub-step ``key`` on ``model``, timed."""
+        start = time.perf_counter()
+        out = self.steps[key].run(model)
+        self.timings[key] = time.perf_counter() - start
+        return out
+
     def process(self, input_model: Any) -> Any:
         steps = self.steps
         self.timings = {}
         self._check_input(input_model)
+        run = self._run
+        rampfit, saturation, linearity = steps["rampfit"], steps["saturation"], steps["linearity"]
+        # gls finds full well inside a resultant from the level a read saturates at: the
+        # saturation step's threshold, anchored on each pixel's last clean resultant, carried
+        # through linearity into the DN the fit sees
+        saturation.want_headroom = rampfit.params.algorithm == "gls" and not rampfit.params.skip
+        try:
+            model = run("dq_init", input_model)
+            model = run("saturation", model)
+            if _fully_saturated(self.backend, model):
+                log.warning("All pixels are saturated: writing a zeroed image")
+                return self._saturated_product(model)
+            linearity.headroom = saturation.headroom
+            saturation.headroom = None
+            for key in ("refpix", "dark_decay", "wfi18_transient", "linearity"):
+                model = run(key, model)
+            level = linearity.saturation_level
+            if level is None and linearity.headroom is not None:  # no linearity correction ran
+                level = self.backend.linearity_threshold(model.data, model.groupdq, linearity.headroom, None, None)
+            linearity.headroom = linearity.saturation_level = None
+            rampfit.saturation_level = level
+            del level
+            return self._fit_and_finish(model)
+        finally:
+            saturation.want_headroom = False
+            saturation.headroom = linearity.headroom = linearity.saturation_level = None
+            rampfit.saturation_level = None
 
-        def run(key: str, model: Any) -> Any:
-            start = time.perf_counter()
-            out = steps[key].run(model)
-            self.timings[key] = time.perf_counter() - start
-            return out
-
-        model = run("dq_init", input_model)
-        model = run("saturation", model)
-        if _fully_saturated(self.backend, model):
-            log.warning("All pixels are saturated: writing a zeroed image")
-            return self._saturated_product(model)
-        for key in ("refpix", "dark_decay", "wfi18_transient", "linearity"):
-            model = run(key, model)
+    def _fit_and_finish(self, model: Any) -> Any:
+        """From the jump step on (:meth:`process`)."""
+        steps, run = self.steps, self._run
         rampfit = steps["rampfit"]
         if rampfit.params.algorithm == "likely" and not steps["jump"].params.skip:
             log.info("rampfit uses 'likely', which finds its own jumps: jump step skipped")

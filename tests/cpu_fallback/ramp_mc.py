@@ -1,8 +1,9 @@
 """Vectorised Monte Carlo of clean ramps for the ramp-fit statistics tests and bench figure.
 
 Ramps of a known rate are simulated read by read (Poisson electrons per frame time,
-Gaussian read noise per read, resultants the means of their reads) for a set of pixels with
-read noise drawn uniformly in a range, gain 1 (so DN = e-).  :func:`fit_stats` fits them
+Gaussian read noise per read, resultants the means of their reads rounded to integers as a
+Level 1 file stores them) for a set of pixels with read noise drawn uniformly in a range,
+gain 1 (so DN = e-).  :func:`fit_stats` fits them
 with a ramp-fit algorithm and returns the bias and pull statistics.
 """
 
@@ -45,7 +46,7 @@ def simulate(pattern: list[list[int]], rate: float, npix: int, seed: int) -> Ram
     rn = rng.uniform(*READ_NOISE, npix)
     counts = np.cumsum(rng.poisson(rate * FRAME_TIME, (nreads, npix)), axis=0).astype(np.float64)
     reads = counts + rn * rng.standard_normal((nreads, npix))
-    res = np.stack([reads[np.array(r) - 1].mean(axis=0) for r in pattern])
+    res = np.rint(np.stack([reads[np.array(r) - 1].mean(axis=0) for r in pattern]))  # uint16 resultants
     data = res.astype(np.float32)[:, None, :]
     oracle, sigma = _oracle(data[:, 0].astype(np.float64), rn.astype(np.float32).astype(np.float64), timing, rate)
     return Ramps(data, rn.astype(np.float32)[None, :], timing, rate, oracle, sigma)
@@ -58,14 +59,16 @@ def _oracle(x: np.ndarray, rn: np.ndarray, timing: ReadTiming, rate: float) -> t
     nd = len(n) - 1
     d = np.diff(x, axis=0)
     dt = np.diff(tb)
-    # covariance of the differences: read-noise and Poisson parts (gpucal.readpattern)
+    # covariance of the differences: read-noise (with the rounding's 1/12 per resultant) and
+    # Poisson parts (gpucal.readpattern)
     cph = np.diag(tau[:-1] + tau[1:] - 2 * tb[:-1]) * rate
     crd = np.diag(1 / n[:-1] + 1 / n[1:])
     for j in range(nd - 1):
         cph[j, j + 1] = cph[j + 1, j] = rate * (tb[j + 1] - tau[j + 1])
         crd[j, j + 1] = crd[j + 1, j] = -1 / n[j + 1]
     # per-pixel covariance, solved as a batch
-    cov = cph[None] + (rn * rn)[:, None, None] * crd[None]
+    quant = (2 * np.eye(nd) - np.eye(nd, k=1) - np.eye(nd, k=-1)) / 12.0
+    cov = cph[None] + (rn * rn)[:, None, None] * crd[None] + quant[None]
     sol = np.linalg.solve(cov, np.broadcast_to(dt, (x.shape[1], nd))[..., None])[..., 0]
     f = sol @ dt
     out = np.einsum("pj,jp->p", sol, d) / f

@@ -97,9 +97,10 @@ def _ramp_inputs(rt: Any, data, groupdq, pixeldq, readnoise, gain) -> tuple[Any,
     return tuple(up(rt, a, t) for a, t in zip((data, groupdq, pixeldq, readnoise, gain), types, strict=True))
 
 
-def gls(rt: Any, data, groupdq, pixeldq, readnoise, gain, timing, params=None) -> RampFitResult:
+def gls(rt: Any, data, groupdq, pixeldq, readnoise, gain, timing, params=None, saturation_level=None) -> RampFitResult:
     inputs = _ramp_inputs(rt, data, groupdq, pixeldq, readnoise, gain)
-    return down(rt, launch.gls(rt, *inputs, timing, params or RampFitParams()))
+    level = None if saturation_level is None else up(rt, saturation_level, F32)
+    return down(rt, launch.gls(rt, *inputs, timing, params or RampFitParams(), level))
 
 
 def likely(rt: Any, data, groupdq, pixeldq, readnoise, gain, timing: ReadTiming) -> RampFitResult:

@@ -41,7 +41,7 @@ PARAMS = {
 }
 
 
-def _columns(rt, columns, gdq=None, gain=2.0, rn=7.0, timing=TIMING, params=None) -> RampFitResult:
+def _columns(rt, columns, gdq=None, gain=2.0, rn=7.0, timing=TIMING, params=None, level=None) -> RampFitResult:
     """Pixels as columns of a (K, 1, n) cube through the kernel and the twin (checked identical)."""
     data = np.asarray(columns, dtype=np.float32).T[:, None, :].copy()
     n = data.shape[2]
@@ -49,8 +49,9 @@ def _columns(rt, columns, gdq=None, gain=2.0, rn=7.0, timing=TIMING, params=None
     rest = [np.broadcast_to(np.asarray(v, t), (1, n)).copy() for v, t in ((0, np.uint32), (rn, np.float32),
                                                                           (gain, np.float32))]
     params = params or RampFitParams()
-    got = gls(rt, data, gdq.copy(), *rest, timing, params)
-    ref = fit_gls(data.copy(), gdq.copy(), *rest, timing, params)
+    level = None if level is None else np.broadcast_to(np.asarray(level, np.float32), (1, n)).copy()
+    got = gls(rt, data, gdq.copy(), *rest, timing, params, level)
+    ref = fit_gls(data.copy(), gdq.copy(), *rest, timing, params, level)
     if exact(rt):
         _assert_identical(got, ref, "gls columns")
     else:
@@ -73,17 +74,28 @@ def _with_jump_step_flags(frame):
     return data, gdq, pdq, rn, gain, timing
 
 
+def _levels(seed: int, shape) -> np.ndarray:
+    """Saturation levels near the frames' 55,000 DN threshold, some unknown (inf, NaN)."""
+    rng = np.random.default_rng(seed)
+    level = rng.uniform(54000.0, 56000.0, shape).astype(np.float32)
+    level[rng.random(shape) < 0.05] = np.inf
+    level[rng.random(shape) < 0.02] = np.nan
+    return level
+
+
 @pytest.mark.parametrize("frame", FRAMES)
 @pytest.mark.parametrize("params", PARAMS)
 @pytest.mark.parametrize("jump_step", [False, True])
-def test_gls_matches_numpy_on_random_frames(runtime, frame, params, jump_step):
+@pytest.mark.parametrize("with_level", [False, True])
+def test_gls_matches_numpy_on_random_frames(runtime, frame, params, jump_step, with_level):
     seed, pattern, shape = FRAMES[frame]
     inputs = realistic(seed + 1000, pattern, shape)  # fresh realisations, not the other tests'
     if jump_step:
         inputs = _with_jump_step_flags(inputs)
     data, gdq, pdq, rn, gain, timing = inputs
-    ref = fit_gls(data.copy(), gdq.copy(), pdq, rn, gain, timing, PARAMS[params])
-    got = gls(runtime, data.copy(), gdq.copy(), pdq, rn, gain, timing, PARAMS[params])
+    level = _levels(seed + 2000, shape) if with_level else None
+    ref = fit_gls(data.copy(), gdq.copy(), pdq, rn, gain, timing, PARAMS[params], level)
+    got = gls(runtime, data.copy(), gdq.copy(), pdq, rn, gain, timing, PARAMS[params], level)
     if exact(runtime):
         _assert_identical(got, ref, f"gls {frame} {params}")
     else:
@@ -181,6 +193,47 @@ def test_last_resultant_short_of_full_well(runtime):
     assert r.dq[0, 0] == SAT
     np.testing.assert_allclose(r.slope[0, 0], 400.0, rtol=1e-5)
     assert r.dq[0, 1] == 0 and not r.groupdq[:, 0, 1].any()
+
+
+def test_full_well_inside_the_last_resultant_with_a_known_level(runtime):
+    """With the saturation level known, a last resultant whose last read the ramp puts at
+    the level is SATURATED and left out even when it is only ~1 sigma low (the shortfall
+    test alone would keep it); one whose last read stays 3,000 DN below is left alone, and
+    so is the same ramp where the level is unknown (+inf, NaN)."""
+    rate, n_last = 400.0, len(PATTERN[-2])
+    col = _line(rate)
+    t_reads = np.asarray(PATTERN[-2], float) * FRAME_TIME
+    sigma = 7.0 / np.sqrt(n_last)  # read noise of the resultant
+    level = float(col[5] + rate * (t_reads[-1] - TIMING.tbar[5])) - 1.5 * sigma * n_last  # only the last read
+    clipped = np.minimum(1000.0 + rate * t_reads, level).mean()
+    low = col.copy()
+    low[5] = clipped  # the last read or two at the level: about 1 sigma of the resultant
+    assert sigma < col[5] - clipped < 2 * sigma
+    gdq = [0] * K
+    gdq[6] = SAT
+    r = _columns(runtime, [low, low, low, low], [gdq] * 4,
+                 level=[level, level + 3000.0 + rate * 6 * FRAME_TIME, np.inf, np.nan])
+    np.testing.assert_array_equal(r.groupdq[:, 0, 0], [0, 0, 0, 0, 0, SAT, SAT])
+    np.testing.assert_allclose(r.slope[0, 0], rate, rtol=1e-5)  # from the unsaturated resultants
+    for i in (1, 2, 3):
+        np.testing.assert_array_equal(r.groupdq[:, 0, i], [0, 0, 0, 0, 0, 0, SAT])
+        assert r.slope[0, i] < rate  # the low resultant stays in the fit
+
+
+def test_quantization_in_the_read_noise_variance(runtime):
+    """var_rnoise includes the 1/12 DN**2 a resultant gains from being stored as an integer:
+    with read noise 1e-3 DN it is all the read noise there is, and it matches the GLS
+    variance of the differences with covariance (2 q on the diagonal, -q beside it)."""
+    r = _columns(runtime, [_line(0.0)], rn=1e-3)
+    n = TIMING.n_reads.astype(float)
+    dt = np.diff(TIMING.tbar)
+    nd = dt.size
+    q = 1.0 / 12.0
+    cov = np.diag(np.full(nd, 2 * q) + 1e-6 * (1 / n[:-1] + 1 / n[1:]))
+    for j in range(nd - 1):
+        cov[j, j + 1] = cov[j + 1, j] = -q - 1e-6 / n[j + 1]
+    expected = 1.0 / (dt @ np.linalg.solve(cov, dt))
+    np.testing.assert_allclose(r.var_rnoise[0, 0], expected, rtol=1e-5)
 
 
 def test_bad_gain_read_noise_and_nan(runtime):

@@ -603,21 +603,27 @@ class DeviceBackend:
         timing: ReadTiming,
         algorithm: str,
         params: RampFitParams,
+        saturation_level: Any = None,
     ) -> RampFitResult:
+        with_level = saturation_level is not None
+
         def run(b: list[Any], row0: int = 0) -> RampFitResult:
-            return launch.ramp_fit(self.rt, b[0], b[1], b[2], b[3], b[4], timing, algorithm, params)
+            level = b[5] if with_level else None
+            return launch.ramp_fit(self.rt, b[0], b[1], b[2], b[3], b[4], timing, algorithm, params, level)
 
         if self._resident(data, groupdq):
-            return run(
-                [
-                    self._dev(data, "data"),
-                    self._dev(groupdq, "groupdq"),
-                    self._dev(pixeldq, "pixeldq"),
-                    self._ref(readnoise, "readnoise"),
-                    self._ref(gain, "gain"),
-                ]
-            )
-        return RampFitResult._make(self._blocked("ramp_fit", run, [data, groupdq, pixeldq, readnoise, gain]))
+            arrays = [
+                self._dev(data, "data"),
+                self._dev(groupdq, "groupdq"),
+                self._dev(pixeldq, "pixeldq"),
+                self._ref(readnoise, "readnoise"),
+                self._ref(gain, "gain"),
+            ]
+            if with_level:
+                arrays.append(self._dev(saturation_level, "saturation_level"))
+            return run(arrays)
+        blocks = [data, groupdq, pixeldq, readnoise, gain] + ([saturation_level] if with_level else [])
+        return RampFitResult._make(self._blocked("ramp_fit", run, blocks))
 
     @_device_op
     def uniform_slope(self, data: Any, timing: ReadTiming) -> Any:

@@ -279,11 +279,15 @@ def gls(
     gain: Any,
     timing: ReadTiming,
     params: RampFitParams | None = None,
+    saturation_level: Any = None,
 ) -> RampFitResult:
     """gpucal's generalised-least-squares ramp fit (``ramp_fit_gls.cu``).
 
     Arguments as :func:`ols_cas22`; ``params``: ``use_ramp_jump_detection`` and
-    ``gls_jump_threshold`` (sigma) of the search for jumps inside the fit.
+    ``gls_jump_threshold`` (sigma) of the search for jumps inside the fit;
+    ``saturation_level``: device array (ny, nx) float32, the level (DN, the units of
+    ``data``) at which a read saturates, +inf/NaN where unknown, or None (unknown
+    everywhere; :func:`cpu_fallback.ramp_fit.gls.fit_gls`).
 
     Returns
     -------
@@ -302,14 +306,20 @@ def gls(
     nres, ny, nx = (int(n) for n in data.shape)
     if nres > gls_np.GLS_MAX_RESULTANTS:
         raise ValueError(f"the gls ramp fit handles 1 to {gls_np.GLS_MAX_RESULTANTS} resultants, got {nres}")
+    if saturation_level is None:
+        level, has_level = rt.empty((1,), np.float32), _I32(0)  # never read
+    else:
+        require(saturation_level, "saturation_level", (ny, nx), np.float32)
+        level, has_level = saturation_level, _I32(1)
     pat = gls_np.pattern_constants(timing)
     consts = upload_constants(rt, pat.table(), np.float64)
     outs = _outputs(rt, (ny, nx), 5)
     dq = rt.empty((ny, nx), np.uint32)
     launch(rt, "ramp_fit_gls", "ramp_fit_gls", ny * nx, (
-        data, groupdq, pixeldq, readnoise, gain, consts, np.uint32(pat.multi),
+        data, groupdq, pixeldq, readnoise, gain, level, has_level, consts, np.uint32(pat.multi),
         _I32(bool(params.use_ramp_jump_detection)), np.float64(params.gls_jump_threshold),
-        np.float64(gls_np.SHORTFALL_SIGMA), _I32(nres), _I32(ny * nx), *outs, dq,
+        np.float64(gls_np.SHORTFALL_SIGMA), np.float64(gls_np.SATURATION_MARGIN), np.float64(gls_np.QUANTIZATION_VAR),
+        _I32(nres), _I32(ny * nx), *outs, dq,
     ))  # fmt: skip
     slope, err, var_poisson, var_rnoise, chisq = outs
     return RampFitResult(slope, err, var_poisson, var_rnoise, chisq, dq, groupdq)
@@ -421,8 +431,11 @@ def ramp_fit(
     timing: ReadTiming,
     algorithm: str,
     params: RampFitParams,
+    saturation_level: Any = None,
 ) -> RampFitResult:
     """Fit every pixel's ramp: :func:`gls`, :func:`ols_cas22` or :func:`likely` (``algorithm``).
+
+    ``saturation_level`` (gls only) as :func:`gls`.
 
     Raises
     ------
@@ -430,8 +443,10 @@ def ramp_fit(
         Unknown algorithm, inconsistent shapes, or ``likely`` with fewer than 4 resultants
         (as the NumPy backend).
     """
+    if saturation_level is not None and algorithm != "gls":
+        raise ValueError(f"a saturation level is an input of the gls ramp fit only, not of {algorithm}")
     if algorithm == "gls":
-        return gls(rt, data, groupdq, pixeldq, readnoise, gain, timing, params)
+        return gls(rt, data, groupdq, pixeldq, readnoise, gain, timing, params, saturation_level)
     if algorithm == "ols_cas22":
         return ols_cas22(rt, data, groupdq, pixeldq, readnoise, gain, timing, params)
     if algorithm == "likely":
