@@ -41,7 +41,9 @@ def random_level_inputs(rng: np.random.Generator, shape: tuple[int, int], ncoeff
     threshold_dq[rng.random(shape) < 0.01] |= np.uint32(PixelFlag.DEAD)
     # ramps whose last resultant ends just below full well (the case the operations are for)
     close = rng.random(shape) < 0.02
-    data[-1, close] = np.minimum(data[-1, close], threshold[close] - rng.uniform(1.0, 1500.0, close.sum()))
+    close &= np.isfinite(threshold)
+    data[-1, close] = threshold[close] - rng.uniform(1.0, 1500.0, close.sum()).astype(np.float32)
+    data[:-1, close] = np.minimum(data[:-1, close], data[-1, close])  # the ramp still rises to it
     pixeldq = random_pixeldq(rng, shape)
     pixeldq[rng.random(shape) < 0.01] |= np.uint32(NSC)
     groupdq = np.zeros(data.shape, np.uint8)
