@@ -332,6 +332,9 @@ def _delegate_to_stpipe(argv: list[str]) -> int | None:
 
 def run_strun(argv: list[str]) -> int:
     """Run ``strun`` with ``argv`` (without the program name); return the exit status."""
+    from gpucal.allocator import tune_allocator
+
+    tune_allocator()
     if "--version" in argv:
         _print_versions()
         return 0
@@ -435,8 +438,10 @@ gpucal_main.add_command(preview_cli.preview)
 @click.option("--log-level", default="INFO", show_default=True, help="Logging level (DEBUG, INFO, WARNING, ...).")
 def demo(size: str, nresultants: int, seed: int, backend: str, no_run: bool, log_level: str) -> None:
     """Write a synthetic exposure, references and a CRDS cache here, then calibrate it."""
+    from gpucal.allocator import tune_allocator
     from gpucal.demo.run import crds_command_env, prepare_demo, run_demo
 
+    tune_allocator()
     configure_logging(log_level)
     try:
         ny, nx = _parse_size(size)

@@ -57,8 +57,10 @@ class GpucalWorkerPlugin(WorkerPlugin):
         self._count_lock: Any = None
 
     def setup(self, worker: Any) -> None:
+        from gpucal.allocator import tune_allocator
         from gpucal.backends.select import select_backend
 
+        tune_allocator()  # the worker's process runs gpucal's blocks from now on
         self.worker = worker
         self.compute_lock = threading.Lock()
         self._count_lock = threading.Lock()
