@@ -33,7 +33,7 @@ ALGORITHMS = ("gls", "ols_cas22", "likely")
 class RampFitStepParams(StepParams):
     algorithm: str = param("gls", "Ramp-fitting algorithm: gls, ols_cas22 or likely.", choices=ALGORITHMS)
     rejection_threshold: float = param(4.5, "Jump threshold (sigma); likely always uses 4.5, as romancal.")
-    gls_jump_threshold: float = param(5.0, "gls: threshold (sigma) of the jump search inside the fit.")
+    gls_jump_threshold: float = param(4.5, "gls: threshold (sigma) of the jump search inside the fit.")
     use_ramp_jump_detection: bool = param(True, "Search for jumps inside the ramp fit.")
     threshold_intercept: float | None = param(None, "ols_cas22 jump threshold intercept (default 5.5).")
     threshold_constant: float | None = param(None, "ols_cas22 jump threshold slope constant (default 1/3).")

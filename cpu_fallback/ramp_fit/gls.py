@@ -45,21 +45,37 @@ Jumps, saturation and flags
   happened between resultants ``k-1`` and ``k``) removes difference ``k-1``, and also ``k``
   when resultant ``k`` has more than one read (the hit may lie between its reads, so part
   of it is in the next difference).
-* Search, on pixels with at least three usable differences: standardised residuals
-  ``r_j = (d_j - s_hat dt_j) / sqrt(C_jj - dt_j**2 / F)`` (the exact residual variance of
-  the fit).  A jump is the largest ``r_j`` above ``gls_jump_threshold`` (one-sided: a
-  cosmic ray adds charge); JUMP_DET goes on resultant ``j+1``.  Around a resultant ``k``
-  with several reads, the pair ``d_k-1 + d_k`` is tested the same way (its exact residual
-  variance): a hit between ``k``'s reads is split over both differences, neither of which
-  may stand out alone; a pair strictly above every single difference removes both, with
-  JUMP_DET on ``k``.  Saturation inside the last
-  usable resultant ``L`` (full well reached during its reads, its average still below the
-  saturation threshold): ``r_{L-1}`` below ``-SHORTFALL_SIGMA``, the resultant falling
-  short of the ramp the earlier ones predict; resultant ``L`` gets SATURATED.  The larger
-  of the two in ``|r|`` is removed, the pixel refitted (three passes again) and searched
-  again, one difference at a time.  Without the jump search, a pixel whose largest
-  positive residual is above the threshold and larger than the shortfall is not tested
-  for it (a jump left in the ramp makes the last resultant look short).
+* Search, on pixels with at least three usable differences: for each usable difference
+  ``j`` the likelihood-ratio statistic of a step in it,
+  ``t_j = (C^-1 e)_j / sqrt((C^-1)_jj - w_j**2 / F)`` with ``e = d - s_hat dt`` and
+  ``w = C^-1 dt``: the standardised residual of ``d_j`` against the fit of the *other*
+  differences (a hit cannot hide by pulling the slope towards itself, which a late hit in
+  a ramp of few long resultants does).  A jump is the largest ``t_j`` above
+  ``gls_jump_threshold`` (4.5 sigma, one-sided: a cosmic ray adds charge); JUMP_DET goes
+  on resultant ``j+1``.  Around a resultant ``k`` with several reads, a step in the pair
+  ``d_k-1 + d_k`` (``u = e_k-1 + e_k``: ``t = u' C^-1 e / sqrt(u' C^-1 u - (u' w)**2 / F)``)
+  is tested too: a hit between ``k``'s reads is split over both differences, neither of
+  which may stand out alone; a pair strictly above every single difference removes both,
+  with JUMP_DET on ``k``.  The diagonal and first off-diagonal of ``C^-1`` come from the
+  LDL' factors in one backward sweep.
+* Saturation inside the last usable resultant ``L`` (full well reached during its reads,
+  its average still below the saturation threshold).  Where the level at which a read
+  saturates is known (``saturation_level``: the SATURATION threshold, anchored on the
+  pixel's last clean resultant and carried through linearity by the pipeline), ``L`` is
+  saturated when the ramp's prediction of its last read, ``x_L + s rise_L``, comes within
+  ``SATURATION_MARGIN`` (3) standard deviations of the level (read noise and quantisation
+  of ``x_L``, the Poisson charge between its mean time and its last read, the slope's
+  error over ``rise_L``).  Elsewhere: ``t_{L-1}`` below ``-SHORTFALL_SIGMA``, the resultant
+  falling short of the ramp the others predict.  ``L`` gets SATURATED.  The larger of the
+  two (jump, or a saturated ``L`` whose shortfall ``-t_{L-1}`` exceeds the jump's
+  statistic) is removed, the pixel refitted (three passes again) and searched again, one
+  difference at a time.  Without the jump search, a pixel whose largest positive
+  statistic is above the threshold and larger than the shortfall is not tested for it (a
+  jump left in the ramp makes the last resultant look short).
+* Quantisation: resultants are stored as integers, so each carries 1/12 DN**2
+  (``QUANTIZATION_VAR``) beside its read noise: ``2 q`` on the diagonal of ``C``, ``-q``
+  beside it, and in ``var_rnoise``.  The first pass's fixed weights (every difference
+  usable) leave it out; they only seed the rate.
 * ``dq``: pixeldq | JUMP_DET (any resultant) | SATURATED (any resultant, including those
   found short) | DO_NOT_USE (no usable difference, slope not finite, every resultant
   SATURATED/DO_NOT_USE, read noise or gain not positive and finite) | NO_GAIN_VALUE.
@@ -75,6 +91,8 @@ denormals (the GPU contract of the device backend).
 from __future__ import annotations
 
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import numpy as np
@@ -101,7 +119,7 @@ QUANTIZATION_VAR = 1.0 / 12.0
 GLS_MAX_RESULTANTS = 32
 #: Pixels per block: the passes are short loops over differences, so larger blocks than
 #: the other fits' keep NumPy's per-call overhead small.
-BLOCK_PIXELS = 8192
+BLOCK_PIXELS = 32768
 
 _F64 = np.float64
 _JUMP = np.uint8(GroupFlag.JUMP_DET)
@@ -224,8 +242,7 @@ def _sweep(
     unusable difference gets covariance 1 and no coupling, so it adds exactly 0 to every
     sum and the sweep needs no branch (the kernel branches; the values are the same).
 
-    Returns s_hat, F, G, and when ``final``: H (sum v**2/m), the (n, P) diagonal and
-    coupling, l, m and q.
+    Returns s_hat, F, G, and when ``final``: H (sum v**2/m) and the (n, P) l, m, q and v/m.
     """
     nd, npix = deff.shape
     diag = np.multiply(rn2, pat.rd[:, None])
@@ -242,7 +259,7 @@ def _sweep(
     gsum = np.zeros(npix)
     hsum = np.zeros(npix)
     if final:
-        ls, ms, us, vs, qs = (np.empty((nd, npix)) for _ in range(5))
+        ls, ms, us, vs, qs, vms = (np.empty((nd, npix)) for _ in range(6))
     else:  # two rolling rows suffice
         ls, ms, us, vs, qs = (np.empty((2, npix)) for _ in range(5))
     t = np.empty(npix)
@@ -268,12 +285,12 @@ def _sweep(
         np.multiply(vj, q, out=t)
         gsum += t
         if final:
-            np.divide(vj, mj, out=t)
-            t *= vj
+            np.divide(vj, mj, out=vms[j])
+            np.multiply(vms[j], vj, out=t)
             hsum += t
     slope = gsum / fsum
     if final:
-        return slope, fsum, gsum, hsum, diag, off, ls, ms, qs
+        return slope, fsum, gsum, hsum, ls, ms, qs, vms
     return (slope,)
 
 
@@ -307,7 +324,7 @@ def _fit(d: np.ndarray, usable: np.ndarray, rn2: np.ndarray, q2: np.ndarray, pat
     rate = np.where(s0 > 0, s0, zero)
     s1 = _sweep(deff, dteff, usable, link, rate, rn2, q2, pat, False)[0]
     rate = np.where(s1 > 0, s1, zero)
-    slope, fsum, gsum, hsum, diag, off, ls, ms, qs = _sweep(deff, dteff, usable, link, rate, rn2, q2, pat, True)
+    slope, fsum, gsum, hsum, ls, ms, qs, vms = _sweep(deff, dteff, usable, link, rate, rn2, q2, pat, True)
     # backward sweep: w = C^-1 dt = L^-T q, h = w / F; read and Poisson parts of h' C h
     w = np.empty((nd, npix))
     w_next = zero
@@ -336,18 +353,32 @@ def _fit(d: np.ndarray, usable: np.ndarray, rn2: np.ndarray, q2: np.ndarray, pat
     var_r = var_r * rn2
     var_r += var_q * q2
     var_p = var_p * np.where(slope > 0, slope, zero)
-    # standardised residuals: the residual variance of a GLS fit is C_jj - dt_j**2 / F
-    rvar = diag - (pat.dt * pat.dt)[:, None] / fsum
-    e = d - slope * pat.dt[:, None]
+    # jump statistics: the likelihood-ratio test of a step u (a difference, or a pair) is
+    # t = u' C^-1 e / sqrt(u' C^-1 u - (u' w)**2 / F), e = d - s_hat dt: the residual of u
+    # against the fit *without* it, so a hit cannot hide by pulling the slope.  C^-1 e is
+    # C^-1 d - s_hat w (C^-1 d by the backward sweep of v/m); the diagonal zd and first
+    # off-diagonal zo of C^-1 come from the LDL' factors backwards:
+    # Z_j,j+1 = -l_j+1 Z_j+1,j+1 and Z_jj = 1/m_j + l_j+1**2 Z_j+1,j+1
+    b = np.empty((nd, npix))
+    zd = np.empty((nd, npix))
+    zo = np.zeros((nd, npix))  # zo[j] couples j-1 and j
+    b[nd - 1] = vms[nd - 1]
+    zd[nd - 1] = 1.0 / ms[nd - 1]
+    for j in range(nd - 2, -1, -1):
+        b[j] = vms[j] - ls[j + 1] * b[j + 1]
+        zo[j + 1] = -(ls[j + 1] * zd[j + 1])
+        zd[j] = 1.0 / ms[j] + (ls[j + 1] * ls[j + 1]) * zd[j + 1]
+    ce = b - slope * w
+    rvar = zd - (w * w) / fsum
     pos = usable & (rvar > 0)
-    resid = np.where(pos, e / np.sqrt(np.where(pos, rvar, 1.0)), 0.0)
+    resid = np.where(pos, ce / np.sqrt(np.where(pos, rvar, 1.0)), 0.0)
     # pairs d_j + d_j+1 around a multi-read resultant j+1 (a hit between its reads is split
-    # over both): residual variance C_jj + C_j+1,j+1 + 2 C_j,j+1 - (dt_j + dt_j+1)**2 / F
+    # over both): u = e_j + e_j+1
     if nd > 1:
-        dt2 = pat.dt[:-1] + pat.dt[1:]
-        pvar = ((diag[:-1] + diag[1:]) + 2.0 * off[1:]) - (dt2 * dt2)[:, None] / fsum
+        w2 = w[:-1] + w[1:]
+        pvar = ((zd[:-1] + zd[1:]) + 2.0 * zo[1:]) - (w2 * w2) / fsum
         ok = usable[:-1] & usable[1:] & multi[1:, None] & (pvar > 0)
-        pair = np.where(ok, (e[:-1] + e[1:]) / np.sqrt(np.where(ok, pvar, 1.0)), -np.inf)
+        pair = np.where(ok, (ce[:-1] + ce[1:]) / np.sqrt(np.where(ok, pvar, 1.0)), -np.inf)
     else:
         pair = np.zeros((0, npix))
     chisq = hsum - slope * gsum
@@ -454,6 +485,7 @@ def fit_gls(
     timing: ReadTiming,
     params: RampFitParams,
     saturation_level: np.ndarray | None = None,
+    threads: int | None = None,
 ) -> RampFitResult:
     """Fit every pixel's ramp with gpucal's ``gls`` algorithm (module docstring).
 
@@ -479,6 +511,9 @@ def fit_gls(
         threshold carried through refpix and linearity (the backends' ``saturation_headroom``
         and ``linearity_threshold``); +inf or NaN where unknown.  None: unknown everywhere
         (the last resultant is then tested for a shortfall against the ramp instead).
+    threads : int, optional
+        Worker threads over the row blocks (default ``min(4, os.cpu_count())``); the result
+        does not depend on it.
 
     Returns
     -------
@@ -501,8 +536,9 @@ def fit_gls(
     outs = [np.empty((ny, nx), np.float32) for _ in range(5)]
     gdq_out = np.empty_like(groupdq, dtype=np.uint8)
     dq = np.empty((ny, nx), np.uint32)
-    with np.errstate(all="ignore"):
-        for rows in row_blocks(ny, nx, BLOCK_PIXELS):
+    def block(rows: slice) -> None:
+        """Fit the pixels of ``rows`` into the outputs (blocks are independent)."""
+        with np.errstate(all="ignore"):  # per thread: NumPy's error state is thread-local
             npix = (rows.stop - rows.start) * nx
             g = np.asarray(gain[rows], dtype=np.float32).reshape(npix).astype(_F64)
             rn = np.asarray(readnoise[rows], dtype=np.float32).reshape(npix).astype(_F64)
@@ -545,5 +581,14 @@ def fit_gls(
             bdq |= pixel_bit(bad, PixelFlag.DO_NOT_USE)
             bdq |= pixel_bit((g < 0) | ~np.isfinite(g), PixelFlag.NO_GAIN_VALUE)
             dq[rows] = bdq.reshape(-1, nx)
+
+    blocks = list(row_blocks(ny, nx, BLOCK_PIXELS))
+    workers = max(1, min(threads if threads is not None else min(4, os.cpu_count() or 1), len(blocks)))
+    # NumPy releases the GIL in its loops: the blocks run in parallel.  One worker runs on a
+    # pool thread too: there its temporaries come from the thread's own malloc arena, whose
+    # memory the main thread's allocator would hand back to the system after every block
+    # (each block frees some 50 MB at once) and fault in again (measured 3x slower)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(block, blocks))
     log.debug("gls: %d pixels with jumps", int(np.count_nonzero(dq & PixelFlag.JUMP_DET)))
     return RampFitResult(outs[0], outs[1], outs[2], outs[3], outs[4], dq, gdq_out)

@@ -67,7 +67,7 @@ class RampFitParams:
     threshold_intercept: float | None = None
     threshold_constant: float | None = None
     rejection_threshold: float = 4.5
-    gls_jump_threshold: float = 5.0
+    gls_jump_threshold: float = 4.5
     #: snowball flagging between the likely jump search and its final fit (None: off)
     snowball: SnowballParams | None = None
 

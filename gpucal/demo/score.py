@@ -9,6 +9,10 @@ truth arrays are cut ``[4:-4, 4:-4]`` to match.  Definitions:
   pipeline's dark subtraction and flat field make this ``(slope - rate) / err_slope``).
 * **Detectable cosmic ray**: a hit after the first read of resultant 0, on a pixel that
   never reaches full well and is not DO_NOT_USE; found if the pixel has JUMP_DET.
+  *Recorded* charge: a hit at read ``m`` (0-based) of the last resultant's ``N`` reads
+  raises only ``N - m`` of them, so the ramp records ``(N - m) / N`` of its energy (all of
+  it for a hit in any other resultant); ``cr_found_recorded`` counts the hits whose
+  recorded charge is >= 100 e-.
 * **False jump**: JUMP_DET on a *clean* pixel (no cosmic ray at it or its 8 neighbours).
 * **Full-well pixel**: one with a read at full well (``Truth.first_full_well >= 0``)
   and a saturation check (no NO_SAT_CHECK).  It **must** carry SATURATED when a resultant
@@ -54,6 +58,8 @@ class Score(NamedTuple):
     cr_found: float  # detectable hits >= 100 e-
     cr_found_100_300: float
     n_cr: int
+    cr_found_recorded: float  # detectable hits whose recorded charge is >= 100 e-
+    n_cr_recorded: int
     false_jumps: int
     n_clean: int
     sat_required_found: float
@@ -127,6 +133,11 @@ def score(cal: Cal, truth: Truth, readnoise: np.ndarray, clean: np.ndarray | Non
     )
     found = (cal.dq[y, x] & JUMP) != 0
     band = detectable & (cr["energy_e"] < 300.0)
+    last = truth.read_pattern[-1]
+    index = np.searchsorted(np.asarray(last), cr["read"])  # position among the last resultant's reads
+    in_last = cr["read"] >= last[0]
+    recorded = np.where(in_last, cr["energy_e"] * (len(last) - index) / len(last), cr["energy_e"])
+    seen = detectable & (recorded >= CR_MIN_ENERGY)
     clean = clean_pixels(truth) if clean is None else clean
     checked = (cal.dq & NO_SAT_CHECK) == 0
     full = (truth.first_full_well[TRIM] >= 0) & checked
@@ -144,6 +155,8 @@ def score(cal: Cal, truth: Truth, readnoise: np.ndarray, clean: np.ndarray | Non
         cr_found=frac(found, detectable),
         cr_found_100_300=frac(found, band),
         n_cr=int(detectable.sum()),
+        cr_found_recorded=frac(found, seen),
+        n_cr_recorded=int(seen.sum()),
         false_jumps=int(np.count_nonzero(cal.dq[clean] & JUMP)),
         n_clean=int(clean.sum()),
         sat_required_found=frac(flagged, required),

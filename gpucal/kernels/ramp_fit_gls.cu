@@ -26,9 +26,9 @@
 // square roots correctly rounded (__dsqrt_rn); no libm transcendental and no float32
 // intermediate, so CPU and GPU round alike and flushing float32 denormals cannot matter
 // (an output below 1.2e-38 in magnitude is the only place it could).
-// Resources (ptxas, sm_80 and sm_90): 96 registers, no spills, 0 barriers, a 1776-byte
-// stack frame (the per-thread arrays of n doubles: differences, l, m, q, diagonal,
-// coupling, residuals and pair residuals, in local memory; likely's is larger).
+// Resources (ptxas through NVRTC, sm_80 and sm_90): 128 registers, no spills, 0 barriers, a
+// 1776-byte stack frame (the per-thread arrays of n doubles: differences, l, m, q, v/m,
+// statistics and pair statistics, in local memory; likely's is larger).
 #include "ramp_common.cuh"
 
 #define GLS_MAXD (RAMP_MAX_RESULTANTS - 1)
@@ -40,10 +40,10 @@ struct GlsFit {
 __device__ __forceinline__ bool gls_bit(unsigned int mask, int j) { return ((mask >> j) & 1u) != 0u; }
 
 // One forward LDL' sweep of the usable differences' covariance at rate ``rate``; returns
-// s_hat.  With ``final``, also F, G, H and the per-difference l, m, q, diag.
+// s_hat.  With ``final``, also F, G, H and the per-difference l, m, q and v/m.
 __device__ double gls_sweep(const double* d, unsigned int mask, int nd, double rate, double rn2, double q2,
                             const double* c, bool final, double* fsum_out, double* gsum_out, double* hsum_out,
-                            double* ls, double* ms, double* qs, double* diags, double* offs) {
+                            double* ls, double* ms, double* qs, double* vms) {
     const double *dt = c, *rd = c + nd, *ph = c + 2 * nd, *crd = c + 3 * nd, *cph = c + 4 * nd;
     double fsum = 0.0, gsum = 0.0, hsum = 0.0;
     double m_prev = 1.0, u_prev = 0.0, v_prev = 0.0;
@@ -70,12 +70,12 @@ __device__ double gls_sweep(const double* d, unsigned int mask, int nd, double r
         fsum = r_add(fsum, r_mul(u, q));
         gsum = r_add(gsum, r_mul(v, q));
         if (final) {
-            hsum = r_add(hsum, r_mul(r_div(v, m), v));
+            const double vm = r_div(v, m);
+            hsum = r_add(hsum, r_mul(vm, v));
             ls[j] = l;
             ms[j] = m;
             qs[j] = q;
-            diags[j] = diag;
-            offs[j] = off;
+            vms[j] = vm;
         }
         m_prev = m;
         u_prev = u;
@@ -95,8 +95,8 @@ __device__ double gls_sweep(const double* d, unsigned int mask, int nd, double r
 // tested).
 __device__ GlsFit gls_fit(const double* d, unsigned int mask, int nd, double rn2, double q2, const double* c,
                           unsigned int multi, double* resid, double* pres) {
-    const double *dt = c, *rd = c + nd, *ph = c + 2 * nd, *crd = c + 3 * nd, *cph = c + 4 * nd, *w0 = c + 5 * nd;
-    double ls[GLS_MAXD], ms[GLS_MAXD], qs[GLS_MAXD], diags[GLS_MAXD], offs[GLS_MAXD];
+    const double *rd = c + nd, *ph = c + 2 * nd, *crd = c + 3 * nd, *cph = c + 4 * nd, *w0 = c + 5 * nd;
+    double ls[GLS_MAXD], ms[GLS_MAXD], qs[GLS_MAXD], vms[GLS_MAXD];
     double fsum, gsum, hsum;
     const unsigned int full = nd >= 32 ? 0xffffffffu : ((1u << nd) - 1u);
     double s0;
@@ -104,14 +104,14 @@ __device__ GlsFit gls_fit(const double* d, unsigned int mask, int nd, double rn2
         s0 = 0.0;
         for (int j = 0; j < nd; ++j) s0 = r_add(s0, r_mul(d[j], w0[j]));
     } else {
-        s0 = gls_sweep(d, mask, nd, 0.0, rn2, q2, c, false, &fsum, &gsum, &hsum, ls, ms, qs, diags, offs);
+        s0 = gls_sweep(d, mask, nd, 0.0, rn2, q2, c, false, &fsum, &gsum, &hsum, ls, ms, qs, vms);
     }
     double rate = s0 > 0.0 ? s0 : 0.0;
-    const double s1 = gls_sweep(d, mask, nd, rate, rn2, q2, c, false, &fsum, &gsum, &hsum, ls, ms, qs, diags, offs);
+    const double s1 = gls_sweep(d, mask, nd, rate, rn2, q2, c, false, &fsum, &gsum, &hsum, ls, ms, qs, vms);
     rate = s1 > 0.0 ? s1 : 0.0;
     fsum = gsum = hsum = 0.0;
     GlsFit out;
-    out.slope = gls_sweep(d, mask, nd, rate, rn2, q2, c, true, &fsum, &gsum, &hsum, ls, ms, qs, diags, offs);
+    out.slope = gls_sweep(d, mask, nd, rate, rn2, q2, c, true, &fsum, &gsum, &hsum, ls, ms, qs, vms);
 
     // backward sweep: w = L^-T q (kept in qs), h = w / F; h' C h in read and Poisson parts
     for (int j = nd - 2; j >= 0; --j) qs[j] = r_sub(qs[j], r_mul(ls[j + 1], qs[j + 1]));
@@ -133,19 +133,28 @@ __device__ GlsFit gls_fit(const double* d, unsigned int mask, int nd, double rn2
     }
     out.var_r = r_add(r_mul(var_r, rn2), r_mul(var_q, q2));
     out.var_p = r_mul(var_p, out.slope > 0.0 ? out.slope : 0.0);
+    // likelihood-ratio statistics of a step in one difference or a pair (gls.py ``_fit``):
+    // C^-1 d by the backward sweep of v/m (into vms), the diagonal of C^-1 (into ms) and its
+    // first off-diagonal (Z_j-1,j into ls[j], once l_j is no longer needed)
+    ms[nd - 1] = r_div(1.0, ms[nd - 1]);
+    for (int j = nd - 2; j >= 0; --j) {
+        const double l = ls[j + 1], zn = ms[j + 1];
+        vms[j] = r_sub(vms[j], r_mul(l, vms[j + 1]));
+        ls[j + 1] = -r_mul(l, zn);
+        ms[j] = r_add(r_div(1.0, ms[j]), r_mul(r_mul(l, l), zn));
+    }
     for (int j = 0; j < nd; ++j) {
-        const double rvar = r_sub(diags[j], r_div(r_mul(dt[j], dt[j]), fsum));
-        const double e = r_sub(d[j], r_mul(out.slope, dt[j]));
-        resid[j] = (gls_bit(mask, j) && rvar > 0.0) ? r_div(e, __dsqrt_rn(rvar)) : 0.0;
+        const double rvar = r_sub(ms[j], r_div(r_mul(qs[j], qs[j]), fsum));
+        const double ce = r_sub(vms[j], r_mul(out.slope, qs[j]));
+        resid[j] = (gls_bit(mask, j) && rvar > 0.0) ? r_div(ce, __dsqrt_rn(rvar)) : 0.0;
     }
     for (int j = 0; j + 1 < nd; ++j) {
-        const double dt2 = r_add(dt[j], dt[j + 1]);
-        const double pvar = r_sub(r_add(r_add(diags[j], diags[j + 1]), r_mul(2.0, offs[j + 1])),
-                                  r_div(r_mul(dt2, dt2), fsum));
+        const double w2 = r_add(qs[j], qs[j + 1]);
+        const double pvar = r_sub(r_add(r_add(ms[j], ms[j + 1]), r_mul(2.0, ls[j + 1])), r_div(r_mul(w2, w2), fsum));
         const bool ok = gls_bit(mask, j) && gls_bit(mask, j + 1) && gls_bit(multi, j + 1) && pvar > 0.0;
-        const double e0 = r_sub(d[j], r_mul(out.slope, dt[j]));
-        const double e1 = r_sub(d[j + 1], r_mul(out.slope, dt[j + 1]));
-        pres[j] = ok ? r_div(r_add(e0, e1), __dsqrt_rn(pvar)) : -1.7976931348623157e308;
+        const double ce0 = r_sub(vms[j], r_mul(out.slope, qs[j]));
+        const double ce1 = r_sub(vms[j + 1], r_mul(out.slope, qs[j + 1]));
+        pres[j] = ok ? r_div(r_add(ce0, ce1), __dsqrt_rn(pvar)) : -1.7976931348623157e308;
     }
     out.chisq = r_sub(hsum, r_mul(out.slope, gsum));
     return out;

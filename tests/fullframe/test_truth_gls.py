@@ -13,12 +13,16 @@ Asserted for ``gls`` on each exposure:
 * median pull within +-0.005, and within likely's +-0.002;
 * robust std of the pull <= likely's (measured 1.0201 and 1.0348 against likely's 1.0207
   and 1.0361: gls's read-noise variance includes the 1/12 DN**2 of integer resultants);
-* cosmic rays >= 100 e- flagged: >= 99.5% on the demo; on the crowded field at least
-  ``ols_cas22``'s with gpucal's jump step (the previous default; many hits land on bright
-  star pixels whose Poisson noise hides 100 e-, and no algorithm reaches 99.5% there:
-  measured gls 0.9735, ols_cas22 0.9720, likely 0.9797);
-* false jumps (clean pixels with JUMP_DET) <= likely's (measured 3,226 and 2,720 against
-  likely's 5,798 and 5,055; ols_cas22 3,088 and 2,770);
+* cosmic rays >= 100 e- flagged: at least the previous default's (``ols_cas22`` after
+  gpucal's jump step at 4.5 sigma), and >= 99.5% on the demo (measured 0.9988 and 0.9769;
+  previous default 0.9948 and 0.9720; likely 0.9989 and 0.9797).  On the crowded field no
+  fit reaches 99.5%: most misses are hits in the last reads of its 6-read last resultant,
+  whose charge the ramp records only in part (a hit at the last read: one sixth);
+* hits whose *recorded* charge is >= 100 e- flagged: >= 99.5% on both (measured 0.9988
+  and 0.9956);
+* false jumps (clean pixels with JUMP_DET) <= likely's and <= the previous default's
+  (measured 2,880 and 2,352 against likely's 5,798 and 5,055 and the previous default's
+  3,088 and 2,770);
 * pixels that reached full well with SATURATED: >= likely's recall, and SATURATED on at
   most 1e-5 of the checked pixels that never did (measured 0 and 2);
 * SATURATED on >= 99.5% of the pixels whose reads at full well moved the resultant holding
@@ -37,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.ramp_science import EXPOSURES, prepare, readnoise_of
+from bench.ramp_science import ALGORITHM_ARGS, EXPOSURES, prepare, readnoise_of
 from gpucal.demo.score import read_cal, score
 from gpucal.demo.synth import Truth
 
@@ -82,7 +86,7 @@ def scores(science, tmp_path_factory):
 
 def _run_cpu(demo, algorithm: str, out: Path) -> Path:
     args = ["roman_elp", str(demo.uncal), "--backend=cpu", f"--output_dir={out}",
-            f"--steps.rampfit.algorithm={algorithm}"]
+            f"--steps.rampfit.algorithm={algorithm}", *ALGORITHM_ARGS[algorithm]]
     code = f"import sys; from gpucal.cli import run_strun; sys.exit(run_strun({args!r}))"
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRDS_")}
     env.update(demo.environment)
@@ -122,11 +126,14 @@ def test_gls_against_truth_and_likely(scores, name, backend):
         failures.append(f"median pull {got.pull_median:+.4f}, likely's {ref.pull_median:+.4f}")
     if got.pull_std > ref.pull_std:
         failures.append(f"pull std {got.pull_std:.4f} > likely's {ref.pull_std:.4f}")
-    cr_min = 0.995 if name == "demo" else previous.cr_found
+    cr_min = max(0.995, previous.cr_found) if name == "demo" else previous.cr_found
     if got.cr_found < cr_min:
         failures.append(f"cosmic rays >= 100 e- found {got.cr_found:.4f} < {cr_min:.4f}")
-    if got.false_jumps > ref.false_jumps:
-        failures.append(f"false jumps {got.false_jumps} > likely's {ref.false_jumps}")
+    if got.cr_found_recorded < 0.995:
+        failures.append(f"cosmic rays recording >= 100 e- found {got.cr_found_recorded:.4f} < 0.995")
+    if got.false_jumps > min(ref.false_jumps, previous.false_jumps):
+        failures.append(f"false jumps {got.false_jumps} > likely's {ref.false_jumps} or the previous default's "
+                        f"{previous.false_jumps}")
     if got.sat_recall < ref.sat_recall:
         failures.append(f"full-well pixels flagged {got.sat_recall:.4f} < likely's {ref.sat_recall:.4f}")
     if got.sat_false > 1e-5 * got.n_never:

@@ -257,3 +257,16 @@ def test_resultant_limits(runtime):
     over = read_timing([[i] for i in range(1, GLS_MAX_RESULTANTS + 2)], FRAME_TIME)
     with pytest.raises(ValueError, match="resultants"):
         _columns(runtime, [_line(10.0, over)], timing=over)
+
+
+def test_threads_do_not_change_the_result(monkeypatch):
+    """The NumPy twin fits row blocks on worker threads; the result is the same bit for bit."""
+    import cpu_fallback.ramp_fit.gls as gls_np
+
+    monkeypatch.setattr(gls_np, "BLOCK_PIXELS", 1000)  # many blocks on a small frame
+    seed, pattern, shape = FRAMES["K8"]
+    data, gdq, pdq, rn, gain, timing = realistic(seed + 3000, pattern, shape)
+    level = _levels(seed + 4000, shape)
+    one = fit_gls(data.copy(), gdq.copy(), pdq, rn, gain, timing, RampFitParams(), level, threads=1)
+    many = fit_gls(data.copy(), gdq.copy(), pdq, rn, gain, timing, RampFitParams(), level, threads=4)
+    _assert_identical(many, one, "gls threads")
