@@ -4,8 +4,8 @@ The NumPy backend works in blocks of rows: each block allocates and frees tens o
 megabytes of temporaries.  With glibc's defaults the memory freed at the top of the heap
 goes back to the system after every block (``M_TRIM_THRESHOLD`` 128 KiB, raised only
 dynamically) and the next block faults it in again; on the 2-core VM this cost the whole
-pipeline about 20% of its time (``roman_elp`` on a 1024x4096 demo: 8.5 s against 7.0 s,
-the ramp fit 3.5 s against 2.0 s).  A process that runs gpucal's command line owns its
+pipeline up to a fifth of its time (``roman_elp`` on a 1024x4096 demo, 3 runs each:
+median 9.1 s against 7.3 s, the ramp fit up to 3.8 s against 2.0 s; README, Performance).  A process that runs gpucal's command line owns its
 allocator, so the command line sets, once:
 
 * ``M_MMAP_THRESHOLD`` 32 MiB: the exposure's cubes still come from (and go back to)

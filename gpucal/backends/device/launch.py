@@ -179,6 +179,21 @@ def dq_init(
 
 
 # ------------------------------------------------------------------------------ saturation
+def _check_saturation_inputs(data: Any, groupdq: Any, pixeldq: Any, threshold: Any,
+                             threshold_dq: Any) -> tuple[int, int, int]:
+    """(K, ny, nx) of the saturation operations' inputs, their shapes and dtypes checked."""
+    nres, ny, nx = frame_shape(data)
+    require(data, "data", None, np.float32)
+    require(groupdq, "groupdq", (nres, ny, nx), np.uint8)
+    for name, arr, dtype in (
+        ("pixeldq", pixeldq, np.uint32),
+        ("threshold", threshold, np.float32),
+        ("threshold_dq", threshold_dq, np.uint32),
+    ):
+        require(arr, name, (ny, nx), dtype)
+    return nres, ny, nx
+
+
 @on_stream
 def saturation(
     rt: DeviceRuntime,
@@ -219,17 +234,9 @@ def saturation(
     SaturationResult
         ``groupdq`` and ``pixeldq``: the arrays given, updated.
     """
-    nres, ny, nx = frame_shape(data)
+    nres, ny, nx = _check_saturation_inputs(data, groupdq, pixeldq, threshold, threshold_dq)
     npix = ny * nx
     check_resultants(timing, nres)
-    require(data, "data", None, np.float32)
-    require(groupdq, "groupdq", (nres, ny, nx), np.uint8)
-    for name, arr, dtype in (
-        ("pixeldq", pixeldq, np.uint32),
-        ("threshold", threshold, np.float32),
-        ("threshold_dq", threshold_dq, np.uint32),
-    ):
-        require(arr, name, (ny, nx), dtype)
     pattern = timing.read_pattern
     factor = upload_constants(rt, [np.mean(r) / r[-1] for r in pattern], np.float64)
     n_reads = upload_constants(rt, [len(r) for r in pattern], np.int32)
@@ -283,16 +290,8 @@ def saturation_headroom(rt: DeviceRuntime, data: Any, groupdq: Any, pixeldq: Any
         +inf where there is none, the threshold is NaN or either DQ has NO_SAT_CHECK
         (``cpu_fallback.saturation.saturation_headroom``).
     """
-    nres, ny, nx = frame_shape(data)
+    nres, ny, nx = _check_saturation_inputs(data, groupdq, pixeldq, threshold, threshold_dq)
     npix = ny * nx
-    require(data, "data", None, np.float32)
-    require(groupdq, "groupdq", (nres, ny, nx), np.uint8)
-    for name, arr, dtype in (
-        ("pixeldq", pixeldq, np.uint32),
-        ("threshold", threshold, np.float32),
-        ("threshold_dq", threshold_dq, np.uint32),
-    ):
-        require(arr, name, (ny, nx), dtype)
     headroom = rt.empty((ny, nx), np.float32)
     launch(rt, "saturation", "saturation_headroom", npix, (
         data, groupdq, pixeldq, threshold, threshold_dq, headroom, _I32(nres), _I32(npix),
