@@ -72,10 +72,11 @@ def chain_bytes_per_pixel(nres: int, ncoeff: int = 8) -> int:
     raw uint16 (2K) while dq_init converts it; float32 data (4K), groupdq (K); a second
     groupdq during saturation growth (K); pixeldq (4); references: saturation (8),
     linearity and inverse-linearity coefficients (2 * 4 * ncoeff), gain and read noise (8),
-    mask (4), dark (8), flat (12); ramp-fit products (7 * 4); jump marks (4); slack for the
-    element-wise temporaries of the image steps (16).
+    mask (4), dark (8), flat (12); ramp-fit products (7 * 4); jump marks (4); the gls
+    saturation headroom and level (8); slack for the element-wise temporaries of the image
+    steps (16).
     """
-    return 2 * nres + 4 * nres + 2 * nres + 4 + 8 + 8 * ncoeff + 8 + 4 + 8 + 12 + 28 + 4 + 16
+    return 2 * nres + 4 * nres + 2 * nres + 4 + 8 + 8 * ncoeff + 8 + 4 + 8 + 12 + 28 + 4 + 8 + 16
 
 
 class ReferenceCache:
