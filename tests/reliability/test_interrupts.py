@@ -34,7 +34,11 @@ def test_a_signal_stops_a_batch_within_seconds(ws, signum):
     """Item 9: 6 inputs (the reader ahead on a full queue); signal after the first product."""
     inputs = [ws.add_input(f"in/f{i}_uncal.asdf") for i in range(6)]
     out = ws.root / "out"
-    proc = ws.popen("roman_elp", *[str(p.relative_to(ws.root)) for p in inputs], "--output_dir=out")
+    # SIGINT handled as at a terminal even where the test runner was started in the background
+    # by a shell without job control, whose children inherit SIGINT ignored (and Python
+    # then keeps it ignored: what `nohup strun ... &` users ask for)
+    pre = ["import signal", "signal.signal(signal.SIGINT, signal.default_int_handler)"]
+    proc = ws.popen("roman_elp", *[str(p.relative_to(ws.root)) for p in inputs], "--output_dir=out", pre=pre)
     try:
         wait_for(lambda: any(n.endswith("_cal.asdf") for n in _products(out)), 240, "the first product", proc)
         sent = time.monotonic()
