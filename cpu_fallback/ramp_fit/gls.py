@@ -463,7 +463,7 @@ def _saturated_last(
     ``s rise`` above its mean, comes within ``SATURATION_MARGIN`` standard deviations of the
     level (read noise and quantisation of the resultant, Poisson charge between its mean
     time and its last read, the slope's own error over ``rise``).  Elsewhere: the last
-    difference's standardised residual is below ``-SHORTFALL_SIGMA`` (testable pixels).
+    difference's step statistic is below ``-SHORTFALL_SIGMA`` (testable pixels).
     """
     s = np.where(fit.slope > 0, fit.slope, 0.0)
     rise = pat.rise[jl]
@@ -550,13 +550,14 @@ def fit_gls(
             ok = (g > 0) & (g <= np.finfo(_F64).max) & (rn > 0) & (rn <= np.finfo(_F64).max)
             usable, last = initial_usable(gblk, pat.multi)
             usable &= ok
+            lastc = np.where(last >= 0, last, 0)
+            cols = np.arange(npix)
             if nres > 1:
-                lastc = np.where(last >= 0, last, 0)
                 if saturation_level is None:
                     headroom = np.full(npix, np.inf)
                 else:
                     level = np.asarray(saturation_level[rows], dtype=np.float32).reshape(npix).astype(_F64)
-                    headroom = level * g - x[lastc, np.arange(npix)]
+                    headroom = level * g - x[lastc, cols]
                 fit, jumps, short = _search(x[1:] - x[:-1], usable, last, rn2, q2, headroom, pat, use_jump, t_jump)
             else:  # no difference, no slope
                 none = np.full(npix, np.nan)
@@ -572,8 +573,6 @@ def fit_gls(
             for out, arr in zip(outs, (slope, err, var_p, var_r, chisq), strict=True):
                 out[rows] = arr.astype(np.float32).reshape(-1, nx)
             gblk[1:] |= np.where(jumps, _JUMP, np.uint8(0))
-            lastc = np.where(last >= 0, last, 0)
-            cols = np.arange(npix)
             gblk[lastc, cols] |= np.where(short, _SAT, np.uint8(0))
             gdq_out[:, rows] = gblk.reshape(nres, -1, nx)
             bdq = compress_dq(gblk, pixeldq[rows].reshape(npix), saturated_if_all=False)

@@ -67,3 +67,15 @@ __device__ __forceinline__ long long gc_at(int k, long long npix, long long p)
 {
     return (long long)k * npix + p;
 }
+
+// Index of the last resultant of pixel p with no group flag but JUMP_DET (the last one the
+// ramp fit uses: `last` of cpu_fallback/ramp_fit/gls.py's initial_usable); -1 if none.
+__device__ __forceinline__ int gc_last_clean(const unsigned char* __restrict__ groupdq, int nres, long long npix,
+                                             long long p)
+{
+    int k = nres - 1;
+    while (k >= 0 && (groupdq[gc_at(k, npix, p)] & (unsigned char)~GRP_JUMP_DET) != 0) {
+        --k;
+    }
+    return k;
+}

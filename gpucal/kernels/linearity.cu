@@ -247,10 +247,7 @@ extern "C" __global__ void linearity_threshold(const float* __restrict__ data, c
         return;
     }
     const float h = headroom[p];
-    int k = nres - 1;
-    while (k >= 0 && (groupdq[gc_at(k, npix, p)] & (unsigned char)~GRP_JUMP_DET) != 0) {
-        --k;
-    }
+    const int k = gc_last_clean(groupdq, nres, npix, p);
     if (k < 0 || !isfinite(h)) {
         level[p] = __int_as_float(0x7f800000);
         return;

@@ -165,7 +165,7 @@ __device__ __forceinline__ bool gls_finite(double x) { return fabs(x) <= 1.79769
 // Whether the last usable resultant (difference jl ends at it) reached full well (gls.py
 // ``_saturated_last``): with a known level (finite headroom, e-), the ramp's prediction of
 // its last read comes within `margin` standard deviations of the level; else the last
-// difference's standardised residual rl is below -shortfall (testable pixels only).
+// difference's step statistic rl is below -shortfall (testable pixels only).
 __device__ __forceinline__ bool gls_saturated_last(const GlsFit& fit, double rl, bool testable, bool known,
                                                    double headroom,
                                                    double rn2, double q2, const double* c, int nd, int jl,

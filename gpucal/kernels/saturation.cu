@@ -246,20 +246,6 @@ extern "C" __global__ void saturation_finish(const float* __restrict__ data, uns
     sat_backup(groupdq, n_reads, nres, npix, p, backup);
 }
 
-// Value of the last resultant of pixel p with no group flag but JUMP_DET (the last one the
-// ramp fit uses, `last` of cpu_fallback/ramp_fit/gls.py's initial_usable); false if none.
-__device__ __forceinline__ bool sat_last_clean(const float* __restrict__ data, const unsigned char* __restrict__ groupdq,
-                                               int nres, long long npix, long long p, float* value)
-{
-    for (int k = nres - 1; k >= 0; --k) {
-        if ((groupdq[gc_at(k, npix, p)] & (unsigned char)~GRP_JUMP_DET) == 0) {
-            *value = data[gc_at(k, npix, p)];
-            return true;
-        }
-    }
-    return false;
-}
-
 // Headroom below full well at the last usable resultant, run after the saturation kernels
 // on their outputs (cpu_fallback/saturation.py's saturation_headroom): headroom (npix)
 // float32 = threshold - data[k*] (one float32 subtraction), +inf where there is no usable
@@ -276,9 +262,8 @@ extern "C" __global__ void saturation_headroom(const float* __restrict__ data,
         return;
     }
     const float s = threshold[p];
-    float value = 0.0f;
-    const bool found = sat_last_clean(data, groupdq, nres, npix, p, &value);
-    const bool no_level = !found || isnan(s) || (threshold_dq[p] & PIX_NO_SAT_CHECK) == PIX_NO_SAT_CHECK ||
+    const int k = gc_last_clean(groupdq, nres, npix, p);
+    const bool no_level = k < 0 || isnan(s) || (threshold_dq[p] & PIX_NO_SAT_CHECK) == PIX_NO_SAT_CHECK ||
                           (pixeldq[p] & PIX_NO_SAT_CHECK) == PIX_NO_SAT_CHECK;
-    headroom[p] = no_level ? __int_as_float(0x7f800000) : __fsub_rn(s, value);
+    headroom[p] = no_level ? __int_as_float(0x7f800000) : __fsub_rn(s, data[gc_at(k, npix, p)]);
 }

@@ -199,7 +199,6 @@ class ExposurePipeline(Step[ExposurePipelineParams]):
                 level = self.backend.linearity_threshold(model.data, model.groupdq, linearity.headroom, None, None)
             linearity.headroom = linearity.saturation_level = None
             rampfit.saturation_level = level
-            del level
             return self._fit_and_finish(model)
         finally:
             saturation.want_headroom = False
